@@ -1,0 +1,1 @@
+"""AR-Diffusion in JAX."""

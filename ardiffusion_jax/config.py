@@ -1,0 +1,151 @@
+"""Loading, overriding and validating ml_collections configs.
+
+A config is a Python file with `get_config(arg)`; it is named on the command line as
+`configs/<name>.py:<variant>`. `validate` runs before anything is compiled and raises
+`ConfigError` naming the field and the reason.
+"""
+
+import ast
+import importlib.util
+import math
+import pathlib
+
+import ml_collections
+
+from ardiffusion_jax import diffusion, timesteps
+from ardiffusion_jax.data import synthetic
+from ardiffusion_jax.errors import ConfigError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+MESH_AXES = ("data", "fsdp", "tensor")
+PARAMETERIZATIONS = ("x0", "eps", "v")
+
+
+def resolve_config_path(path: str) -> pathlib.Path:
+  """A config path as given, else relative to the repository (for `configs/...`)."""
+  candidate = pathlib.Path(path)
+  if candidate.exists() or candidate.is_absolute():
+    return candidate
+  return REPO_ROOT / candidate
+
+
+def load_config(spec: str, overrides=(), num_devices=None) -> ml_collections.ConfigDict:
+  """Loads `path.py[:arg]`, applies `key.sub=value` overrides, then validates."""
+  path, _, arg = spec.partition(":")
+  file = resolve_config_path(path)
+  if not file.is_file():
+    raise ConfigError("config", f"config file {path!r} not found")
+  module_spec = importlib.util.spec_from_file_location(f"_ardiff_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError("config", f"{file} has no get_config(arg)")
+  try:
+    config = module.get_config(arg or None)
+  except ValueError as error:  # e.g. an unknown variant
+    raise ConfigError("config", f"{spec}: {error}") from error
+  apply_overrides(config, overrides)
+  validate(config, num_devices=num_devices)
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides):
+  """Sets `a.b.c=value` entries; values are Python literals, else plain strings."""
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise ConfigError(item, "an override must look like field.sub=value")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+      if name not in node:
+        raise ConfigError(key, f"no field {name!r} in the config")
+      node = node[name]
+    if leaf not in node:
+      raise ConfigError(key, f"no field {leaf!r} in the config")
+    try:
+      node[leaf] = value  # ConfigDict keeps field types: int -> float is fine, str -> int is not.
+    except (TypeError, ValueError) as error:
+      raise ConfigError(key, str(error)) from error
+
+
+def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple:
+  """Mesh sizes for (data, fsdp, tensor); one axis may be -1 to take the rest."""
+  sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
+  for axis, size in zip(MESH_AXES, sizes):
+    if size == 0 or size < -1:
+      raise ConfigError(f"mesh.{axis}", f"must be a positive size or -1, got {size}")
+  if sizes.count(-1) > 1:
+    raise ConfigError("mesh", "at most one axis may be -1")
+  fixed = math.prod(size for size in sizes if size != -1)
+  if num_devices % fixed:
+    raise ConfigError("mesh", f"axes {dict(zip(MESH_AXES, sizes))} need a multiple of {fixed} "
+                      f"devices, but there are {num_devices}")
+  if -1 in sizes:
+    sizes[sizes.index(-1)] = num_devices // fixed
+  elif fixed != num_devices:
+    raise ConfigError("mesh", f"axes {dict(zip(MESH_AXES, sizes))} use {fixed} devices, "
+                      f"but there are {num_devices}; set one axis to -1 to fill the rest")
+  return tuple(sizes)
+
+
+def _require(condition: bool, field: str, reason: str):
+  if not condition:
+    raise ConfigError(field, reason)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices=None):
+  """Checks every field the pipeline relies on; raises ConfigError on the first problem.
+
+  `num_devices` (when given) also checks that the mesh fits that many devices.
+  """
+  for section in ("data", "vae", "diffusion", "sample", "mesh"):
+    _require(section in config, section, "section is missing")
+
+  data = config.data
+  _require(data.name == "synthetic", "data.name",
+           f"unknown dataset {data.name!r}; available: 'synthetic'")
+  synthetic.check_synthetic_fields(data)
+
+  patch = config.vae.patch_size
+  _require(isinstance(patch, int) and patch >= 1, "vae.patch_size", f"must be an int >= 1, got {patch!r}")
+  _require(data.resolution % patch == 0, "vae.patch_size",
+           f"resolution {data.resolution} is not divisible by the patch size {patch}")
+  _require(config.vae.num_latent_tokens >= 1, "vae.num_latent_tokens", "must be >= 1")
+  _require(config.vae.token_dim >= 1, "vae.token_dim", "must be >= 1")
+
+  diff = config.diffusion
+  _require(diff.num_timesteps >= 1, "diffusion.num_timesteps", f"must be >= 1, got {diff.num_timesteps}")
+  _require(diff.beta_schedule in diffusion.BETA_SCHEDULES, "diffusion.beta_schedule",
+           f"unknown schedule {diff.beta_schedule!r}; expected one of {diffusion.BETA_SCHEDULES}")
+  _require(0 < diff.beta_start < diff.beta_end < 1, "diffusion.beta_start",
+           f"need 0 < beta_start < beta_end < 1, got {diff.beta_start}, {diff.beta_end}")
+  _require(diff.parameterization in PARAMETERIZATIONS, "diffusion.parameterization",
+           f"unknown {diff.parameterization!r}; expected one of {PARAMETERIZATIONS}")
+  _require(diff.timestep_scheme in timesteps.SCHEMES, "diffusion.timestep_scheme",
+           f"unknown scheme {diff.timestep_scheme!r}; expected one of {timesteps.SCHEMES}")
+  _require(diff.ddim_grid in ("official", "clean"), "diffusion.ddim_grid",
+           f"expected 'official' or 'clean', got {diff.ddim_grid!r}")
+  steps = diff.sampling_steps
+  _require(1 <= steps <= diff.num_timesteps, "diffusion.sampling_steps",
+           f"must be in [1, num_timesteps={diff.num_timesteps}], got {steps}")
+  _require(diff.ddim_grid != "official" or diff.num_timesteps % steps == 0,
+           "diffusion.sampling_steps",
+           f"the official DDIM grid needs sampling_steps to divide {diff.num_timesteps}, got {steps}")
+  _require(diff.eta >= 0, "diffusion.eta", f"must be >= 0, got {diff.eta}")
+
+  for s in config.sample.s_values:
+    _require(0 <= s <= steps, "sample.s_values",
+             f"timestep difference {s} is outside [0, sampling_steps={steps}]")
+  _require(config.sample.num_frames >= 1, "sample.num_frames",
+           f"must be >= 1, got {config.sample.num_frames}")
+
+  for axis in MESH_AXES:
+    _require(axis in config.mesh, f"mesh.{axis}", "axis is missing")
+  if num_devices is not None:
+    resolve_mesh_shape(config.mesh, num_devices)
+  return config

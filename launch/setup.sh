@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.12 when available, else python3) and installs ardiffusion_jax
+# with the pinned versions in launch/constraints.txt. Safe to re-run: it skips the
+# install when nothing it depends on changed.
+#   bash launch/setup.sh          # package only
+#   bash launch/setup.sh --test   # plus the test extras (pytest, nbmake, scipy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[[ "${1:-}" == "--test" ]] && extras="[test]"
+
+find_python() {
+  local candidate
+  # A pyenv shim can exist without working, so run each candidate before trusting it.
+  for candidate in python3.12 "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 python3; do
+    if "$candidate" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "error: no working python3.12 or python3 (>= 3.11) found" >&2
+  return 1
+}
+
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c '' 2>/dev/null; then
+  python=$(find_python)
+  echo "creating .venv with $python ($("$python" --version))"
+  rm -rf .venv
+  "$python" -m venv .venv
+fi
+
+stamp=.venv/.installed$(echo "$extras" | tr -d '[]')
+want=$(cat pyproject.toml launch/constraints.txt | sha256sum | cut -d' ' -f1)
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  echo "setup: .venv is up to date"
+  exit 0
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -c launch/constraints.txt -e ".$extras"
+echo "$want" > "$stamp"
+echo "setup: installed ardiffusion_jax$extras into .venv ($(.venv/bin/python --version))"

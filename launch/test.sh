@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up .venv with the test extras and runs the test suite (what CI runs).
+# Extra arguments go to pytest, e.g. `bash launch/test.sh -m slow` for the slow tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash launch/setup.sh --test
+if [[ $# -eq 0 ]]; then set -- -m "not slow"; fi
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,60 @@
+"""The `ardiff` command line, the demo main job and the benchmark entry point."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from ardiffusion_jax import bench, cli
+
+SUBCOMMANDS = ["demo", "train-vae", "extract", "train", "sample", "eval", "convert", "plan", "bench"]
+
+
+def test_help_lists_every_planned_subcommand():
+  result = subprocess.run([sys.executable, "-m", "ardiffusion_jax.cli", "--help"],
+                          capture_output=True, text=True, check=True)
+  for name in SUBCOMMANDS:
+    assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_each_subcommand_explains_itself(name, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main([name, "--help"])
+  assert exit_info.value.code == 0
+  assert len(capsys.readouterr().out.splitlines()) >= 3
+
+
+def test_pending_subcommands_say_so_and_fail(capsys):
+  assert cli.main(["train"]) == 2
+  assert "not available yet" in capsys.readouterr().err
+
+
+def test_demo_writes_preview_schedules_and_report(tmp_path):
+  workdir = tmp_path / "demo"
+  assert cli.main(["demo", "--config", "configs/synthetic.py:smoke", "--workdir", str(workdir)]) == 0
+  report = json.loads((workdir / "report.json").read_text())
+  gif = Image.open(workdir / report["dataset"]["preview_gif"])
+  assert gif.n_frames == 8  # the smoke variant's frames
+  for name in ("training_schedules_png", "ad_schedules_png"):
+    assert Image.open(workdir / report["schedules"][name]).size[0] > 300
+  assert report["schedules"]["ad_rows_per_s"] == {"0": 10, "5": 45, "10": 80}
+  assert "![preview](preview.gif)" in (workdir / "report.md").read_text()
+
+
+def test_demo_reports_config_errors(tmp_path, capsys):
+  code = cli.main(["demo", "--config", "configs/synthetic.py:smoke", "--set", "vae.patch_size=5",
+                   "--workdir", str(tmp_path)])
+  assert code == 1
+  assert "config.vae.patch_size" in capsys.readouterr().err
+
+
+def test_timesteps_benchmark_runs_and_writes_json(tmp_path):
+  out = tmp_path / "timesteps.json"
+  assert bench.main(["timesteps", "--batch", "8", "--frames", "4", "--timesteps", "20",
+                     "--seconds", "0.05", "--out", str(out)]) == 0
+  result = json.loads(out.read_text())
+  assert result["jax_samples_per_s"] > 0 and result["numpy_samples_per_s"] > 0
+  assert bench.main(["nonexistent"]) == 2
