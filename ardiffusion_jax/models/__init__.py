@@ -1,0 +1,1 @@
+"""Flax Linen models: the causal DiT (and, later, the AR-VAE)."""

@@ -1,0 +1,226 @@
+"""The AR-Diffusion denoiser: a DiT over 1D video tokens with a timestep per frame.
+
+`DiT(...).apply(variables, x [B,F,L,C], t [B,F], label=None)` returns the prediction
+[B,F,L,C] (x̂0 in the paper). Two variants share this one module; each difference is a
+flag so ablations can isolate it (design §2):
+
+| flag | official (authors' release) | clean (default for new training) |
+|---|---|---|
+| residual | `share_norm`: the stream is re-normalised, LN(x) | `adaln_zero` |
+| context_tokens | 77 fixed tokens (`constants` collection) | 0 |
+| context_sees_video | True: context attends to every frame (the leak) | -- |
+| position | `sincos_1d` over frame·L + token | `rope`: temporal RoPE + sin-cos over L |
+| final_modulation | False: LN + Linear | True: adaLN final layer |
+| class conditioning | fixed `class_emb` rows as context | trained embedding + null row, added to t |
+
+Strict causality: with context_tokens = 0 (or context_sees_video = False), the output
+of frame f depends only on frames <= f, their timesteps and the label.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ardiffusion_jax.models import layers
+
+# Sizes (hidden, depth, heads); the paper's is 1152 / 28 / 16 with MLP ratio 4.
+PRESETS = {
+    "paper": dict(hidden_size=1152, depth=28, num_heads=16),
+    "small": dict(hidden_size=384, depth=6, num_heads=6),
+    "tiny": dict(hidden_size=64, depth=2, num_heads=2),
+}
+
+VARIANTS = {
+    "official": dict(residual="share_norm", context_tokens=77, context_sees_video=True,
+                     position="sincos_1d", final_modulation=False),
+    "clean": dict(residual="adaln_zero", context_tokens=0, context_sees_video=False,
+                  position="rope", final_modulation=True),
+}
+
+
+class TimestepEmbedder(nn.Module):
+  """Integer timesteps [B, F] -> [B, F, D]: 256 sinusoidal features, Linear, SiLU, Linear."""
+  hidden_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, t):
+    init = nn.initializers.normal(0.02)
+    h = layers.timestep_features(t, 256)
+    h = layers.dense(self.hidden_size, (None, "embed"), "mlp_0", kernel_init=init,
+                     dtype=self.dtype)(h)
+    return layers.dense(self.hidden_size, ("mlp", "embed"), "mlp_2", kernel_init=init,
+                        dtype=self.dtype)(nn.silu(h))
+
+
+def modulate(x, shift, scale):
+  return x * (1 + scale) + shift
+
+
+class Block(nn.Module):
+  """One transformer block with per-frame adaLN modulation.
+
+  x: [B, C + F·L, D] (C context tokens first); cond: [B, F, D]. `share_norm` follows the
+  authors (spec §2.3.2): the stream is replaced by LN(x) before each branch, and the
+  context tokens are neither modulated nor gated.
+  """
+  num_heads: int
+  mlp_ratio: float
+  residual: str
+  context_tokens: int
+  use_rope: bool
+  dtype: Any = jnp.float32
+  scanned: bool = False  # return (carry, None) as nn.scan expects
+
+  @nn.compact
+  def __call__(self, x, cond, mask, positions):
+    batch, _, width = x.shape
+    frames = cond.shape[1]
+    mod = layers.dense((6, width), ("embed", None, "mlp"), "adaLN_modulation",
+                       kernel_init=layers.zeros, dtype=self.dtype)(nn.silu(cond))
+    # [B, F, 6, D] -> six [B, F, 1, D] tensors that broadcast over a frame's tokens.
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        mod[:, :, i, None, :] for i in range(6))
+    c = self.context_tokens
+
+    def per_frame(fn, tokens, *args):  # apply fn to the video tokens as [B, F, L, D]
+      video = tokens[:, c:].reshape(batch, frames, -1, width)
+      return jnp.concatenate([tokens[:, :c], fn(video, *args).reshape(batch, -1, width)], axis=1)
+
+    attention = layers.Attention(self.num_heads, use_rope=self.use_rope, dtype=self.dtype,
+                                 name="attn")
+    mlp = layers.Mlp(int(width * self.mlp_ratio), dtype=self.dtype, name="mlp")
+    if self.residual == "share_norm":
+      x = layers.layer_norm(x)
+      x = x + per_frame(lambda v, g: v * g, attention(per_frame(modulate, x, shift_msa, scale_msa),
+                                                      mask, positions), gate_msa)
+      x = layers.layer_norm(x)
+      x = x + per_frame(lambda v, g: v * g, mlp(per_frame(modulate, x, shift_mlp, scale_mlp)),
+                        gate_mlp)
+    elif self.residual == "adaln_zero":
+      h = per_frame(modulate, layers.layer_norm(x), shift_msa, scale_msa)
+      x = x + per_frame(lambda v, g: v * g, attention(h, mask, positions), gate_msa)
+      h = per_frame(modulate, layers.layer_norm(x), shift_mlp, scale_mlp)
+      x = x + per_frame(lambda v, g: v * g, mlp(h), gate_mlp)
+    else:
+      raise ValueError(f"unknown residual {self.residual!r}; expected share_norm or adaln_zero")
+    x = layers.constrain(x, ("act_batch", "act_length", "act_embed"))
+    return (x, None) if self.scanned else x
+
+
+class DiT(nn.Module):
+  """The causal video DiT. See the module docstring for the variant flags."""
+  hidden_size: int = 1152
+  depth: int = 28
+  num_heads: int = 16
+  mlp_ratio: float = 4.0
+  in_channels: int = 4
+  tokens_per_frame: int = 32
+  num_frames: int = 16  # the trained window; sincos_1d positions cover exactly this
+  num_classes: int = 0  # 0: unconditional
+  residual: str = "adaln_zero"
+  context_tokens: int = 0
+  context_dim: int = 768
+  context_sees_video: bool = False
+  position: str = "rope"
+  final_modulation: bool = True
+  scan_layers: bool = False
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @property
+  def null_label(self) -> int:
+    """The label index meaning "no class" (CFG's unconditional branch)."""
+    return 0 if self.context_tokens else self.num_classes
+
+  def _context(self, batch, label):
+    """The official model's fixed context tokens [B, 77, context_dim] (never trained)."""
+    shape = (self.context_tokens, self.context_dim)
+    if self.num_classes:
+      table = self.variable("constants", "class_emb", lambda: 0.1 * jax.random.normal(
+          self.make_rng("params"), (self.num_classes + 1,) + shape)).value
+      return table[label]
+    table = self.variable("constants", "context_emb",
+                          lambda: 0.1 * jax.random.normal(self.make_rng("params"), shape)).value
+    return jnp.broadcast_to(table, (batch,) + shape)
+
+  @nn.compact
+  def __call__(self, x, t, label=None):
+    batch, frames, tokens, channels = x.shape
+    width = self.hidden_size
+    if label is None:
+      label = jnp.full((batch,), self.null_label, jnp.int32)
+
+    video = layers.dense(width, (None, "embed"), "x_embedder", dtype=self.dtype)(x)
+    if self.position == "sincos_1d":
+      if frames > self.num_frames:
+        raise ValueError(f"the sincos_1d position table covers {self.num_frames} frames, got {frames}")
+      table = layers.sincos_table(np.arange(self.num_frames * tokens), width)
+      video = video + table[:frames * tokens].reshape(frames, tokens, width)
+    elif self.position == "rope":
+      video = video + layers.sincos_table(np.arange(tokens), width)
+    else:
+      raise ValueError(f"unknown position {self.position!r}; expected sincos_1d or rope")
+    video = video.reshape(batch, frames * tokens, width)
+
+    cond = TimestepEmbedder(width, dtype=self.dtype, name="t_embedder")(t)  # [B, F, D]
+    if self.num_classes and not self.context_tokens:
+      embed = nn.Embed(self.num_classes + 1, width, name="label_embedder",
+                       embedding_init=layers.param_with_axes(nn.initializers.normal(0.02),
+                                                             (None, "embed")))
+      cond = cond + embed(label)[:, None, :]
+
+    frame_of_token = jnp.repeat(jnp.arange(frames), tokens)
+    if self.context_tokens:
+      context = layers.dense(width, (None, "embed"), "c_embedder", dtype=self.dtype)(
+          self._context(batch, label))
+      video = jnp.concatenate([context.astype(video.dtype), video], axis=1)
+      # Context keys sit at frame -1 (visible to all); context queries see either every
+      # frame (the authors' leak) or only the context.
+      query_context = frames if self.context_sees_video else -1
+      key_frames = jnp.concatenate([jnp.full((self.context_tokens,), -1), frame_of_token])
+      query_frames = jnp.concatenate([jnp.full((self.context_tokens,), query_context),
+                                      frame_of_token])
+    else:
+      key_frames = query_frames = frame_of_token
+    mask = layers.frame_mask(query_frames[None], key_frames[None])
+    positions = jnp.broadcast_to(jnp.maximum(key_frames, 0)[None], (batch, key_frames.shape[0]))
+    h = layers.constrain(video, ("act_batch", "act_length", "act_embed"))
+
+    block_kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                        residual=self.residual, context_tokens=self.context_tokens,
+                        use_rope=self.position == "rope", dtype=self.dtype)
+    if self.scan_layers:
+      block = nn.remat(Block, prevent_cse=False) if self.remat else Block
+      h, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
+                     metadata_params={nn.PARTITION_NAME: "layers"})(
+                         **block_kwargs, scanned=True, name="blocks")(h, cond, mask, positions)
+    else:
+      block = nn.remat(Block) if self.remat else Block
+      for i in range(self.depth):
+        h = block(**block_kwargs, name=f"blocks_{i}")(h, cond, mask, positions)
+
+    h = layers.layer_norm(h[:, self.context_tokens:]).reshape(batch, frames, tokens, width)
+    if self.final_modulation:
+      mod = layers.dense((2, width), ("embed", None, "mlp"), "final_adaLN",
+                         kernel_init=layers.zeros, dtype=self.dtype)(nn.silu(cond))
+      h = modulate(h, mod[:, :, 0, None], mod[:, :, 1, None])
+    out = layers.dense(channels, ("embed", None), "final_layer", kernel_init=layers.zeros,
+                       dtype=self.dtype)(h)
+    return out.astype(jnp.float32)
+
+
+def dit_from_config(model_config) -> DiT:
+  """Builds the DiT from a config's `dit` section: `variant`, `size` and any overrides."""
+  fields = dict(VARIANTS[model_config.variant])
+  fields.update(PRESETS[model_config.size])
+  for name in DiT.__dataclass_fields__:
+    if name in model_config and name not in ("parent", "name"):
+      fields[name] = model_config[name]
+  if isinstance(fields.get("dtype"), str):
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+  return DiT(**fields)

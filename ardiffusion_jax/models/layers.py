@@ -1,0 +1,112 @@
+"""Building blocks shared by the DiT and the AR-VAE.
+
+Every parameter carries logical axis names (see `train/sharding.py` for how they map
+onto the mesh); activations are constrained with the `act_*` names.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+xavier = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+
+
+def param_with_axes(init, axes):
+  return nn.with_logical_partitioning(init, axes)
+
+
+def constrain(x, axes):
+  return nn.with_logical_constraint(x, axes)
+
+
+def sincos_table(positions: np.ndarray, dim: int) -> np.ndarray:
+  """MAE-style 1-D table: [sin(p·ω), cos(p·ω)] with ω_i = 10000^(-i/(dim/2)), float32."""
+  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))
+  angles = np.asarray(positions, np.float64)[:, None] * omega[None, :]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+
+
+def timestep_features(t, dim: int = 256, max_period: float = 10000.0):
+  """GLIDE/DiT features of integer timesteps: [cos(t·f), sin(t·f)], f_i = e^(-ln(P)·i/(dim/2))."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def dense(features, kernel_axes, name, axis=-1, kernel_init=xavier, bias_init=zeros,
+          dtype=jnp.float32):
+  """nn.DenseGeneral with float32 parameters and logical axes on kernel and bias.
+
+  `features` may be a tuple (e.g. (3, heads, head_dim) for a fused qkv); `kernel_axes`
+  names every kernel axis, the bias takes the trailing `len(features)` names.
+  """
+  features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
+  return nn.DenseGeneral(
+      features=features, axis=axis, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=param_with_axes(kernel_init, kernel_axes),
+      bias_init=param_with_axes(bias_init, tuple(kernel_axes[-len(features):])), name=name)
+
+
+def layer_norm(x, eps: float = 1e-6):
+  """LayerNorm without affine parameters, computed in float32."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def rope(x, positions, base: float = 10000.0):
+  """Rotary embedding over the head dim of x [B, N, H, hd] at integer positions [B, N]."""
+  half = x.shape[-1] // 2
+  freqs = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[..., None, None] * freqs  # [B, N, 1, half]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
+def frame_mask(query_frames, key_frames):
+  """Boolean attention mask [B, 1, N, M]: a query sees keys whose frame is not later.
+
+  Frames are per token ([B, N] and [B, M]); full attention inside a frame and block
+  causality across frames follow from the single comparison.
+  """
+  return (key_frames[:, None, None, :] <= query_frames[:, None, :, None])
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention through `jax.nn.dot_product_attention`."""
+  num_heads: int
+  use_rope: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, positions=None):
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    qkv = dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"), "qkv",
+                dtype=self.dtype)(x)
+    q, k, v = (qkv[:, :, i] for i in range(3))
+    q = constrain(q, ("act_batch", "act_length", "act_heads", None))
+    if self.use_rope:
+      q, k = rope(q, positions), rope(k, positions)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return dense(width, ("heads", "kv", "embed"), "proj", axis=(-2, -1), dtype=self.dtype)(out)
+
+
+class Mlp(nn.Module):
+  """fc1, tanh-approximate GELU, fc2 (timm's Mlp)."""
+  hidden: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    h = dense(self.hidden, ("embed", "mlp"), "fc1", dtype=self.dtype)(x)
+    h = constrain(nn.gelu(h, approximate=True), ("act_batch", "act_length", "act_mlp"))
+    return dense(width, ("mlp", "embed"), "fc2", dtype=self.dtype)(h)

@@ -1,0 +1,130 @@
+"""The causal DiT: parameter count, causality, variants, scan/remat and conditioning."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ardiffusion_jax.models import dit
+
+FRAMES, TOKENS = 4, 32
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _inputs(batch=2, seed=1):
+  x = jax.random.normal(jax.random.key(seed), (batch, FRAMES, TOKENS, 4))
+  t = jnp.array([[0, 10, 500, 999], [3, 3, 700, 900]])[:batch]
+  return x, t
+
+
+def _randomised(model, *args):
+  """Initialises, then perturbs every weight so zero-initialised layers do something."""
+  variables = model.init(jax.random.key(0), *args)
+  leaves, tree = jax.tree.flatten(nn.meta.unbox(variables))
+  keys = jax.random.split(jax.random.key(42), len(leaves))
+  return jax.tree.unflatten(tree, [leaf + 0.05 * jax.random.normal(k, leaf.shape)
+                                   for leaf, k in zip(leaves, keys)])
+
+
+def _tiny(variant, **changes):
+  return dit.DiT(**{**dit.VARIANTS[variant], **dit.PRESETS["tiny"], "num_frames": FRAMES,
+                    **changes})
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_paper_official_parameter_count(scan_layers):
+  model = dit.DiT(**dit.VARIANTS["official"], **dit.PRESETS["paper"], scan_layers=scan_layers)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 32, 4)),
+                          jnp.zeros((1, 16), jnp.int32))
+  assert _count(shapes["params"]) == 671_864_836  # spec §2.3: trainable parameters
+  assert shapes["constants"]["context_emb"].shape == (77, 768)  # fixed, never trained
+
+
+def test_class_conditional_official_keeps_a_fixed_class_table():
+  model = _tiny("official", num_classes=5)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *_inputs(), jnp.array([1, 2]))
+  assert shapes["constants"]["class_emb"].shape == (6, 77, 768)
+
+
+@pytest.mark.parametrize("scan_layers,remat", [(False, False), (True, True)])
+@pytest.mark.parametrize("frame", range(FRAMES))
+def test_clean_variant_is_strictly_causal(frame, scan_layers, remat):
+  model = _tiny("clean", num_classes=3, scan_layers=scan_layers, remat=remat)
+  x, t = _inputs()
+  label = jnp.array([0, 2])
+  variables = _randomised(model, x, t, label)
+  base = model.apply(variables, x, t, label)
+  changed_x = model.apply(variables, x.at[:, frame].add(1.0), t, label)
+  changed_t = model.apply(variables, x, t.at[:, frame].set(123), label)
+  for changed in (changed_x, changed_t):
+    np.testing.assert_array_equal(changed[:, :frame], base[:, :frame])
+    assert np.abs(changed[:, frame] - base[:, frame]).max() > 1e-4
+
+
+def test_official_variant_shows_the_documented_leak():
+  model = _tiny("official")
+  x, t = _inputs()
+  variables = _randomised(model, x, t)
+  base = model.apply(variables, x, t)
+  changed = model.apply(variables, x.at[:, -1].add(1.0), t)
+  # The 77 context tokens see every frame, so the last frame reaches the first (§2.3.6).
+  assert np.abs(changed[:, 0] - base[:, 0]).max() > 1e-5
+  strict = _tiny("official", context_sees_video=False)
+  changed = strict.apply(variables, x.at[:, -1].add(1.0), t)
+  np.testing.assert_array_equal(changed[:, :-1], strict.apply(variables, x, t)[:, :-1])
+
+
+@pytest.mark.parametrize("variant", ["official", "clean"])
+def test_scanned_layers_match_unrolled_layers(variant):
+  x, t = _inputs()
+  unrolled = _tiny(variant)
+  variables = _randomised(unrolled, x, t)
+  blocks = [variables["params"].pop(f"blocks_{i}") for i in range(unrolled.depth)]
+  scanned_params = dict(variables["params"], blocks=jax.tree.map(lambda *b: jnp.stack(b), *blocks))
+  scanned_vars = dict(variables, params=scanned_params)
+  unrolled_vars = dict(variables, params=dict(variables["params"],
+                                              **{f"blocks_{i}": b for i, b in enumerate(blocks)}))
+  np.testing.assert_allclose(_tiny(variant, scan_layers=True).apply(scanned_vars, x, t),
+                             unrolled.apply(unrolled_vars, x, t), rtol=1e-5, atol=1e-5)
+
+
+def test_zero_init_outputs_zero_and_every_param_has_logical_axes():
+  model = _tiny("clean", num_classes=2, scan_layers=True)
+  x, t = _inputs()
+  variables = model.init(jax.random.key(0), x, t, jnp.array([0, 1]))
+  boxes = jax.tree.leaves(variables["params"], is_leaf=lambda v: isinstance(v, nn.Partitioned))
+  assert boxes and all(isinstance(b, nn.LogicallyPartitioned) for b in boxes)
+  assert all(b.names[0] == "layers" for b in jax.tree.leaves(
+      variables["params"]["blocks"], is_leaf=lambda v: isinstance(v, nn.Partitioned)))
+  out = model.apply(variables, x, t, jnp.array([0, 1]))
+  assert out.shape == x.shape and not np.any(np.asarray(out))  # final layer starts at zero
+
+
+def test_labels_condition_the_clean_model_and_none_means_null():
+  model = _tiny("clean", num_classes=3)
+  x, t = _inputs()
+  variables = _randomised(model, x, t, jnp.array([0, 0]))
+  a = model.apply(variables, x, t, jnp.array([0, 0]))
+  b = model.apply(variables, x, t, jnp.array([1, 1]))
+  assert np.abs(a - b).max() > 1e-4
+  np.testing.assert_array_equal(model.apply(variables, x, t),
+                                model.apply(variables, x, t, jnp.array([3, 3])))
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  x, t = _inputs()
+  variables = _randomised(_tiny("clean"), x, t)
+  full = _tiny("clean").apply(variables, x, t)
+  half = _tiny("clean", dtype=jnp.bfloat16).apply(variables, x, t)
+  assert half.dtype == jnp.float32
+  assert np.abs(half - full).max() < 0.05 * np.abs(full).max() + 1e-2
+
+
+def test_official_positions_cover_only_the_trained_window():
+  model = _tiny("official", num_frames=2)
+  with pytest.raises(ValueError, match="covers 2 frames"):
+    model.init(jax.random.key(0), *_inputs())
