@@ -146,6 +146,50 @@ def validate(config: ml_collections.ConfigDict, num_devices=None):
 
   for axis in MESH_AXES:
     _require(axis in config.mesh, f"mesh.{axis}", "axis is missing")
-  if num_devices is not None:
-    resolve_mesh_shape(config.mesh, num_devices)
+  mesh_shape = resolve_mesh_shape(config.mesh, num_devices) if num_devices else None
+  if "dit" in config:
+    _validate_dit(config.dit)
+  if "train" in config:
+    _validate_train(config.train, mesh_shape)
   return config
+
+
+def _validate_dit(dit_config):
+  from ardiffusion_jax.models import dit  # models import flax; keep plain validation light
+
+  _require(dit_config.variant in dit.VARIANTS, "dit.variant",
+           f"unknown variant {dit_config.variant!r}; expected one of {tuple(dit.VARIANTS)}")
+  _require(dit_config.size in dit.PRESETS, "dit.size",
+           f"unknown size {dit_config.size!r}; expected one of {tuple(dit.PRESETS)}")
+  model = dit.dit_from_config(dit_config)
+  _require(model.hidden_size % model.num_heads == 0, "dit.num_heads",
+           f"hidden_size {model.hidden_size} is not divisible by num_heads {model.num_heads}")
+  head_dim = model.hidden_size // model.num_heads
+  _require(model.position != "rope" or head_dim % 2 == 0, "dit.num_heads",
+           f"temporal RoPE needs an even head dim, got {head_dim}")
+  _require(model.hidden_size % 2 == 0, "dit.hidden_size", "must be even (sin-cos positions)")
+  _require(model.num_frames >= 1, "dit.num_frames", f"must be >= 1, got {model.num_frames}")
+  _require(model.num_classes >= 0, "dit.num_classes", f"must be >= 0, got {model.num_classes}")
+  _require(str(dit_config.dtype) in ("float32", "bfloat16"), "dit.dtype",
+           f"expected 'float32' or 'bfloat16', got {dit_config.dtype!r}")
+
+
+def _validate_train(train, mesh_shape):
+  _require(train.steps >= 1, "train.steps", f"must be >= 1, got {train.steps}")
+  _require(train.batch_size >= 1, "train.batch_size", f"must be >= 1, got {train.batch_size}")
+  _require(train.grad_accum >= 1 and train.batch_size % train.grad_accum == 0, "train.grad_accum",
+           f"must be >= 1 and divide batch_size {train.batch_size}, got {train.grad_accum}")
+  if mesh_shape is not None:
+    shards = mesh_shape[0] * mesh_shape[1]
+    micro = train.batch_size // train.grad_accum
+    _require(micro % shards == 0, "train.batch_size",
+             f"the micro-batch of {micro} does not split over data x fsdp = {shards} devices")
+  _require(train.lr > 0, "train.lr", f"must be > 0, got {train.lr}")
+  _require(train.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
+           f"expected 'constant' or 'cosine', got {train.lr_schedule!r}")
+  _require(0 < train.lr_final <= train.lr, "train.lr_final", "must be in (0, lr]")
+  _require(0 <= train.warmup_steps <= train.steps, "train.warmup_steps", "must be in [0, steps]")
+  _require(train.grad_clip > 0, "train.grad_clip", f"must be > 0, got {train.grad_clip}")
+  _require(0 <= train.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {train.ema_decay}")
+  _require(0 <= train.label_dropout < 1, "train.label_dropout",
+           f"must be in [0, 1), got {train.label_dropout}")

@@ -61,6 +61,35 @@ def get_config(arg=None):
       s_values=(0, 5, 10) if smoke else (0, 5, 10, 25, 50),
   ))
 
+  # The causal DiT over [F, 32, 4] latents; sizes from models/dit.py PRESETS.
+  config.dit = ml_collections.ConfigDict(dict(
+      variant="clean",
+      size="tiny",
+      num_frames=config.data.num_frames,
+      tokens_per_frame=config.vae.num_latent_tokens,
+      in_channels=config.vae.token_dim,
+      num_classes=config.data.max_balls - config.data.min_balls + 1,  # label = balls - min
+      scan_layers=True,
+      remat=False,
+      dtype="float32",
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=8 if smoke else 32,
+      steps=20 if smoke else 3000,
+      lr=1e-3,
+      lr_schedule="cosine",
+      lr_final=1e-5,
+      warmup_steps=5 if smoke else 200,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      grad_clip=1.0,
+      grad_accum=1,
+      ema_decay=0.999,
+      label_dropout=0.1,
+  ))
+
   # -1 takes the devices the other axes leave.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 

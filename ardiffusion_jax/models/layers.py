@@ -5,6 +5,7 @@ onto the mesh); activations are constrained with the `act_*` names.
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,18 +39,42 @@ def timestep_features(t, dim: int = 256, max_period: float = 10000.0):
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
-def dense(features, kernel_axes, name, axis=-1, kernel_init=xavier, bias_init=zeros,
-          dtype=jnp.float32):
-  """nn.DenseGeneral with float32 parameters and logical axes on kernel and bias.
+class Linear(nn.Module):
+  """A general dense layer: contracts `axis` of x with a kernel [*in, *features].
 
-  `features` may be a tuple (e.g. (3, heads, head_dim) for a fused qkv); `kernel_axes`
-  names every kernel axis, the bias takes the trailing `len(features)` names.
+  Parameters are float32 with logical axis names on every kernel and bias axis; the
+  matmul runs in `dtype`. The default init is Xavier-uniform over the true fans, so a
+  fused qkv kernel [D, 3, H, hd] initialises like the authors' [D, 3D] Linear.
   """
+  features: tuple
+  kernel_axes: tuple
+  axis: tuple = (-1,)
+  kernel_init: Any = None
+  bias_init: Any = zeros
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    axis = tuple(a % x.ndim for a in self.axis)
+    in_shape = tuple(x.shape[a] for a in axis)
+    n_in, n_out = len(in_shape), len(self.features)
+    init = self.kernel_init or nn.initializers.xavier_uniform(
+        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param("kernel", param_with_axes(init, self.kernel_axes),
+                        in_shape + self.features, jnp.float32)
+    bias = self.param("bias", param_with_axes(self.bias_init, self.kernel_axes[n_in:]),
+                      self.features, jnp.float32)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((axis, tuple(range(n_in))), ((), ())))
+    return y + bias.astype(self.dtype)
+
+
+def dense(features, kernel_axes, name, axis=-1, kernel_init=None, bias_init=zeros,
+          dtype=jnp.float32):
+  """A `Linear` named `name`; `features` may be an int or a tuple."""
   features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
-  return nn.DenseGeneral(
-      features=features, axis=axis, dtype=dtype, param_dtype=jnp.float32,
-      kernel_init=param_with_axes(kernel_init, kernel_axes),
-      bias_init=param_with_axes(bias_init, tuple(kernel_axes[-len(features):])), name=name)
+  axis = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+  return Linear(features, tuple(kernel_axes), axis, kernel_init, bias_init, dtype, name=name)
 
 
 def layer_norm(x, eps: float = 1e-6):

@@ -1,0 +1,1 @@
+"""Training: state, sharding, checkpoints and the train loops."""

@@ -1,0 +1,113 @@
+"""The AR-Diffusion training step: per-frame timesteps, q_sample, x0 loss, AdamW, EMA.
+
+`make_train_step(...)` returns a pure function `(state, batch) -> (state, metrics)` to be
+jitted with the state's shardings. A batch is {'latents': [B, F, L, D], 'label': [B]}
+(label optional). All randomness comes from `fold_in(state.rng, step)`, drawn over the
+global batch inside jit, so the same run gives the same numbers on 1 or N devices.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ardiffusion_jax import diffusion, timesteps
+from ardiffusion_jax.train import sharding
+from ardiffusion_jax.train import state as state_lib
+
+
+def diffusion_constants(diffusion_config) -> np.ndarray:
+  """ᾱ_t for the config's schedule (float64 numpy)."""
+  betas = diffusion.beta_schedule(diffusion_config.beta_schedule, diffusion_config.num_timesteps,
+                                  diffusion_config.beta_start, diffusion_config.beta_end)
+  return diffusion.alphas_cumprod(betas)
+
+
+def draw_noise(key, batch, diffusion_config):
+  """The step's randomness for the whole global batch: timesteps, noise, label dropout.
+
+  Drawn once per step and split with the batch, so gradient accumulation sees exactly
+  the draws of the full batch.
+  """
+  latents = batch["latents"]
+  key_t, key_noise, key_drop = jax.random.split(key, 3)
+  return {
+      "t": timesteps.sample_timesteps(key_t, diffusion_config.timestep_scheme, latents.shape[0],
+                                      latents.shape[1], diffusion_config.num_timesteps),
+      "noise": jax.random.normal(key_noise, latents.shape, latents.dtype),
+      "drop": jax.random.uniform(key_drop, latents.shape[:1]),
+  }
+
+
+def dit_loss(params, constants, model, batch, draws, diffusion_config, label_dropout: float):
+  """Unweighted MSE between the model output and the target, averaged over frames.
+
+  Returns (loss, loss per frame position [F]).
+  """
+  latents, t, noise = batch["latents"], draws["t"], draws["noise"]
+  alphas = diffusion_constants(diffusion_config)
+  x_t = diffusion.q_sample(latents, t, noise, alphas)
+  label = batch.get("label")
+  if label is not None and model.num_classes:
+    # Classifier-free guidance training: swap labels for the null label at random.
+    label = jnp.where(draws["drop"] < label_dropout, model.null_label, label)
+  prediction = model.apply({"params": params, "constants": constants}, x_t, t, label)
+  alpha = diffusion._per_frame(alphas, t, latents.ndim)
+  target = diffusion.training_target(latents, noise, alpha, diffusion_config.parameterization)
+  per_example_frame = jnp.mean(jnp.square(prediction - target), axis=(2, 3))  # [B, F]
+  return per_example_frame.mean(), per_example_frame.mean(0)
+
+
+def make_train_step(model, tx, config):
+  """The pure train step for `model`, optimizer `tx` and the full config.
+
+  `config.train.grad_accum` > 1 splits the batch (and its draws) into that many
+  micro-batches and averages their gradients in a `lax.scan`: the same gradient as the
+  full batch, with the activation memory of one micro-batch.
+  """
+  train_config, diffusion_config = config.train, config.diffusion
+  accum = train_config.grad_accum
+  schedule = state_lib.learning_rate_schedule(train_config)
+  loss_fn = functools.partial(dit_loss, model=model, diffusion_config=diffusion_config,
+                              label_dropout=train_config.label_dropout)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: state_lib.TrainState, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    draws = draw_noise(key, batch, diffusion_config)
+    if accum == 1:
+      (loss, per_frame), grads = grad_fn(state.params, state.constants, batch=batch, draws=draws)
+    else:
+      split = lambda x: x.reshape((accum, -1) + x.shape[1:])
+
+      def accumulate(carry, micro):
+        micro_batch, micro_draws = micro
+        out = grad_fn(state.params, state.constants, batch=micro_batch, draws=micro_draws)
+        (loss, per_frame), grads = out
+        return jax.tree.map(jnp.add, carry, (loss, per_frame, grads)), None
+
+      zeros = (jnp.zeros(()), jnp.zeros(batch["latents"].shape[1]),
+               jax.tree.map(jnp.zeros_like, state.params))
+      totals, _ = jax.lax.scan(accumulate, zeros, jax.tree.map(split, (batch, draws)))
+      loss, per_frame, grads = jax.tree.map(lambda x: x / accum, totals)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(jnp.add, state.params, updates)
+    decay = state_lib.ema_decay(state.step, train_config.ema_decay)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=state_lib.update_ema(state.ema_params, params, decay))
+    metrics = {"loss": loss, "loss_per_frame": per_frame, "grad_norm": optax.tree.norm(grads),
+               "lr": schedule(state.step), "ema_decay": decay}
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(model, tx, config, shardings, mesh):
+  """jit with the state's shardings in and out, the state donated; the batch keeps the
+  sharding it arrives with (`sharding.global_batch`). Call it under
+  `sharding.mesh_context(mesh)`."""
+  return jax.jit(make_train_step(model, tx, config), in_shardings=(shardings, None),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)

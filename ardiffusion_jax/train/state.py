@@ -1,0 +1,95 @@
+"""Train state, optimizer and EMA, created directly with their final shardings."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from ardiffusion_jax.train import sharding
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  constants: Any  # fixed tensors saved with the model (the official context tokens)
+  rng: jax.Array  # uint32 key data, so checkpoints hold plain arrays
+
+
+def learning_rate_schedule(train_config):
+  """Linear warmup, then constant or cosine decay to `lr_final`."""
+  peak, warmup, steps = train_config.lr, train_config.warmup_steps, train_config.steps
+  if train_config.lr_schedule == "constant":
+    decay = optax.constant_schedule(peak)
+  elif train_config.lr_schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, max(steps - warmup, 1),
+                                        alpha=train_config.lr_final / peak)
+  else:
+    raise ValueError(f"unknown lr_schedule {train_config.lr_schedule!r}")
+  warm = optax.linear_schedule(0.0 if warmup else peak, peak, max(warmup, 1))
+  return optax.join_schedules([warm, decay], [warmup])
+
+
+def make_optimizer(train_config):
+  """Gradient clipping by global norm, then AdamW on the warmup schedule."""
+  return optax.chain(
+      optax.clip_by_global_norm(train_config.grad_clip),
+      optax.adamw(learning_rate_schedule(train_config), b1=train_config.b1, b2=train_config.b2,
+                  weight_decay=train_config.weight_decay))
+
+
+def ema_decay(step, max_decay: float):
+  """The authors' warmup (diffusers style): min(decay, (1 + n) / (10 + n))."""
+  n = step.astype(jnp.float32)
+  return jnp.minimum(max_decay, (1.0 + n) / (10.0 + n))
+
+
+def update_ema(ema_params, params, decay):
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def _optimizer_shardings(tx, abstract_params, param_shardings, mesh):
+  """mu/nu take their parameter's sharding; counters and scalars are replicated."""
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  return optax.tree_map_params(
+      tx, lambda _, s: s, abstract_opt, param_shardings,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+
+
+def state_shardings(model, tx, mesh, example_inputs):
+  """Shardings of every TrainState leaf, from abstract initialisation only."""
+  boxed = jax.eval_shape(model.init, jax.random.key(0), *example_inputs)
+  variables = sharding.logical_shardings(boxed, mesh)
+  params = variables["params"]
+  abstract_params = nn.meta.unbox(boxed)["params"]
+  return TrainState(
+      step=sharding.replicated(mesh), params=params, ema_params=params,
+      opt_state=_optimizer_shardings(tx, abstract_params, params, mesh),
+      constants=variables.get("constants", {}), rng=sharding.replicated(mesh))
+
+
+def create_train_state(model, tx, mesh, rng, example_inputs):
+  """Initialises parameters, EMA and optimizer state already sharded on `mesh`.
+
+  `example_inputs` are arrays or ShapeDtypeStructs for `model.init` after the key.
+  Returns (state, shardings).
+  """
+  shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in example_inputs]
+  shardings = state_shardings(model, tx, mesh, shapes)
+  init_key, train_key = jax.random.split(rng)
+
+  def init(key):
+    inputs = [jnp.zeros(s.shape, s.dtype) for s in shapes]
+    variables = nn.meta.unbox(model.init(key, *inputs))
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=tx.init(params), constants=variables.get("constants", {}),
+                      rng=jax.random.key_data(train_key))
+
+  with sharding.mesh_context(mesh):
+    state = jax.jit(init, out_shardings=shardings)(init_key)
+  return state, shardings
