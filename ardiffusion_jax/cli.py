@@ -16,7 +16,6 @@ PENDING = {
     "sample": "the AD sampler (issue 5)",
     "eval": "FVD / FID / physics evaluation (issue 7)",
     "convert": "checkpoint conversion and export (issue 6)",
-    "plan": "AOT memory planning of the train step (issue 3)",
 }
 
 
@@ -39,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
   _add_config(demo)
   demo.add_argument("--workdir", default="runs/demo", help="output folder (default runs/demo)")
 
+  plan = commands.add_parser(
+      "plan", help="AOT-compile the train step on N devices and print per-device memory",
+      description="Compile the real DiT train step from abstract inputs (nothing is "
+                  "allocated) on N fake CPU devices, with the config's mesh, and print the "
+                  "per-device memory: arguments, outputs, temporaries, peak.")
+  _add_config(plan, default="configs/synthetic.py:paper")
+  plan.add_argument("--devices", type=int, default=8, help="number of fake CPU devices")
+  plan.add_argument("--json", help="also write the figures to this JSON file")
+
   bench = commands.add_parser(
       "bench", help="run a benchmark (same as python -m ardiffusion_jax.bench)",
       description="Run a named benchmark; it prints a table and writes JSON.")
@@ -51,7 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
       "sample": "Generate videos with the AD scheduler (any length, continuation, CFG).",
       "eval": "Score samples with FVD, FID and the synthetic physics score.",
       "convert": "Import the authors' PyTorch checkpoints or TiTok weights; read portable exports.",
-      "plan": "AOT-compile the train step on N fake devices and print per-device memory.",
   }
   for name, description in descriptions.items():
     sub = commands.add_parser(name, help=description.split(";")[0].rstrip("."),
@@ -70,6 +77,8 @@ def main(argv=None) -> int:
       report = demo.run(config, args.workdir)
       print(f"demo finished in {report['seconds']} s; see {args.workdir}/report.md")
       return 0
+    if args.command == "plan":
+      return _plan(args)
     if args.command == "bench":
       from ardiffusion_jax import bench
       return bench.main(args.bench_args)
@@ -79,6 +88,31 @@ def main(argv=None) -> int:
   except (ConfigError, DataError, CheckpointError) as error:
     print(f"ardiff {args.command}: error: {error}", file=sys.stderr)
     return 1
+
+
+def _plan(args) -> int:
+  import os
+  if args.devices < 1:
+    raise ConfigError("--devices", f"must be >= 1, got {args.devices}")
+  # Fake CPU devices must be requested before JAX starts its backend.
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={args.devices}")
+  import json
+
+  import jax
+
+  from ardiffusion_jax import config as config_lib
+  from ardiffusion_jax.train import plan
+  if jax.device_count() < args.devices:
+    raise ConfigError("--devices", f"JAX already started with {jax.device_count()} devices")
+  config = config_lib.load_config(args.config, args.overrides, num_devices=args.devices)
+  result = plan.plan_train_step(config, jax.devices()[:args.devices])
+  print(plan.format_plan(result))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=2)
+  return 0
 
 
 if __name__ == "__main__":

@@ -3,15 +3,18 @@
 Variants:
   default  64x64, 16 frames: the demo's dataset and tiny models.
   smoke    32x32, 8 frames, few videos: CI and notebooks.
+  paper    the paper's official DiT (1152 wide, 28 deep, 16 heads) in bf16 with remat,
+           batch 16 per device, FSDP over 8 devices: for planning and GPU runs.
 
 Run:
   ardiff demo --config configs/synthetic.py:default --workdir runs/demo
   ardiff demo --config configs/synthetic.py:smoke --workdir runs/smoke
+  ardiff plan --config configs/synthetic.py:paper --devices 8
 """
 
 import ml_collections
 
-VARIANTS = ("default", "smoke")
+VARIANTS = ("default", "smoke", "paper")
 
 
 def get_config(arg=None):
@@ -92,6 +95,13 @@ def get_config(arg=None):
 
   # -1 takes the devices the other axes leave.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  if variant == "paper":
+    config.dit.update(variant="official", size="paper", num_classes=0, remat=True,
+                      dtype="bfloat16")
+    config.train.update(batch_size=128, lr=2e-4, lr_schedule="constant", warmup_steps=0,
+                        ema_decay=0.9999)
+    config.mesh.update(data=1, fsdp=-1)
 
   config.demo = ml_collections.ConfigDict(dict(
       preview_videos=4 if smoke else 8,

@@ -58,3 +58,15 @@ def test_timesteps_benchmark_runs_and_writes_json(tmp_path):
   result = json.loads(out.read_text())
   assert result["jax_samples_per_s"] > 0 and result["numpy_samples_per_s"] > 0
   assert bench.main(["nonexistent"]) == 2
+
+
+def test_plan_prints_and_writes_per_device_memory(tmp_path, capsys):
+  out = tmp_path / "plan.json"
+  assert cli.main(["plan", "--config", "configs/synthetic.py:smoke", "--devices", "8",
+                   "--set", "mesh.fsdp=4", "--json", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "peak per device" in printed and "'fsdp': 4" in printed
+  result = json.loads(out.read_text())
+  assert result["devices"] == 8 and result["per_device_batch"] == 1
+  assert cli.main(["plan", "--config", "configs/synthetic.py:smoke", "--devices", "8",
+                   "--set", "mesh.fsdp=3"]) == 1

@@ -100,3 +100,19 @@ def test_tiny_dit_learns_and_logs_loss_per_frame():
       losses.append(float(metrics["loss"]))
   assert metrics["loss_per_frame"].shape == (8,)
   assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_plan_reports_fsdp_sharded_state_memory():
+  from ardiffusion_jax.train import plan
+  results = {}
+  for fsdp in (1, 4):
+    config = _config(**{"train.batch_size": 8, "mesh.data": 8 // fsdp, "mesh.fsdp": fsdp})
+    results[fsdp] = plan.plan_train_step(config, jax.devices())
+  assert results[4]["params"] == results[1]["params"]
+  # params + EMA + Adam moments, sharded 4 ways: a quarter of the bytes (small leaves that
+  # do not divide stay replicated, hence the tolerance).
+  ratio = results[4]["argument_bytes"] / results[1]["argument_bytes"]
+  assert 0.25 <= ratio < 0.32
+  full_state = 4 * 4 * results[1]["params"]  # four float32 copies
+  assert results[1]["argument_bytes"] >= full_state
+  assert results[4]["peak_bytes"] >= results[4]["argument_bytes"]

@@ -72,16 +72,8 @@ def state_shardings(model, tx, mesh, example_inputs):
       constants=variables.get("constants", {}), rng=sharding.replicated(mesh))
 
 
-def create_train_state(model, tx, mesh, rng, example_inputs):
-  """Initialises parameters, EMA and optimizer state already sharded on `mesh`.
-
-  `example_inputs` are arrays or ShapeDtypeStructs for `model.init` after the key.
-  Returns (state, shardings).
-  """
-  shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in example_inputs]
-  shardings = state_shardings(model, tx, mesh, shapes)
-  init_key, train_key = jax.random.split(rng)
-
+def _init_fn(model, tx, shapes, train_key):
+  """key -> TrainState, for jit (real init) and eval_shape (planning)."""
   def init(key):
     inputs = [jnp.zeros(s.shape, s.dtype) for s in shapes]
     variables = nn.meta.unbox(model.init(key, *inputs))
@@ -89,7 +81,35 @@ def create_train_state(model, tx, mesh, rng, example_inputs):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=tx.init(params), constants=variables.get("constants", {}),
                       rng=jax.random.key_data(train_key))
+  return init
 
+
+def _shapes(example_inputs):
+  return [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in example_inputs]
+
+
+def create_train_state(model, tx, mesh, rng, example_inputs):
+  """Initialises parameters, EMA and optimizer state already sharded on `mesh`.
+
+  `example_inputs` are arrays or ShapeDtypeStructs for `model.init` after the key.
+  Returns (state, shardings).
+  """
+  shapes = _shapes(example_inputs)
+  shardings = state_shardings(model, tx, mesh, shapes)
+  init_key, train_key = jax.random.split(rng)
   with sharding.mesh_context(mesh):
-    state = jax.jit(init, out_shardings=shardings)(init_key)
+    state = jax.jit(_init_fn(model, tx, shapes, train_key), out_shardings=shardings)(init_key)
   return state, shardings
+
+
+def abstract_train_state(model, tx, mesh, example_inputs):
+  """The TrainState as ShapeDtypeStructs carrying their shardings; allocates nothing.
+
+  Returns (abstract_state, shardings).
+  """
+  shapes = _shapes(example_inputs)
+  shardings = state_shardings(model, tx, mesh, shapes)
+  key = jax.random.key(0)
+  abstract = jax.eval_shape(_init_fn(model, tx, shapes, key), key)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings), shardings
