@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ardiffusion_jax.errors import CheckpointError, ConfigError, DataError
+from ardiffusion_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
 DEFAULT_CONFIG = "configs/synthetic.py:default"
 
@@ -12,7 +12,6 @@ DEFAULT_CONFIG = "configs/synthetic.py:default"
 PENDING = {
     "train-vae": "the AR-VAE and its staged training (issue 4)",
     "extract": "latent extraction into ArrayRecord shards (issue 4)",
-    "train": "the causal DiT training loop (issue 3)",
     "sample": "the AD sampler (issue 5)",
     "eval": "FVD / FID / physics evaluation (issue 7)",
     "convert": "checkpoint conversion and export (issue 6)",
@@ -26,6 +25,34 @@ def _add_config(parser, default=DEFAULT_CONFIG):
                       metavar="FIELD=VALUE", help="override a config field, e.g. data.num_frames=8")
 
 
+def _add_distributed(parser):
+  group = parser.add_argument_group("multi-process (jax.distributed)")
+  group.add_argument("--distributed", action="store_true",
+                     help="call jax.distributed.initialize() with cluster auto-detection "
+                          "(SLURM, TPU pods, ...)")
+  group.add_argument("--coordinator", help="host:port of process 0, for manual launches")
+  group.add_argument("--num-processes", type=int, help="with --coordinator")
+  group.add_argument("--process-id", type=int, help="with --coordinator")
+  group.add_argument("--local-devices", type=int,
+                     help="fake CPU devices in this process (testing multi-host on one machine)")
+
+
+def _init_jax(args):
+  """Starts JAX as the arguments ask, before anything touches a device."""
+  import jax
+  if getattr(args, "local_devices", None):
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", args.local_devices)
+  if getattr(args, "coordinator", None):
+    if args.num_processes is None or args.process_id is None:
+      raise ConfigError("--coordinator", "needs --num-processes and --process-id")
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+  elif getattr(args, "distributed", False):
+    jax.distributed.initialize()
+  return jax
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="ardiff", description="AR-Diffusion in JAX: tokenizer, causal DiT, FoPP/AD schedulers.")
@@ -37,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
                   "FoPP and AD schedules and a report (JSON and markdown) into --workdir.")
   _add_config(demo)
   demo.add_argument("--workdir", default="runs/demo", help="output folder (default runs/demo)")
+
+  train = commands.add_parser(
+      "train", help="train the causal DiT on latent shards (resumes from --workdir)",
+      description="Train the causal DiT with the config's timestep scheme (FoPP by default) "
+                  "on ArrayRecord latent shards (train.latents_dir), sharded over the "
+                  "config's mesh. Checkpoints go to WORKDIR/checkpoints and a run restarted "
+                  "with the same WORKDIR resumes from the last one; SIGTERM saves and stops.")
+  _add_config(train)
+  train.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl")
+  _add_distributed(train)
 
   plan = commands.add_parser(
       "plan", help="AOT-compile the train step on N devices and print per-device memory",
@@ -55,7 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
   descriptions = {
       "train-vae": "Train the AR-VAE tokenizer (frames, adversarial, causal finetune stages).",
       "extract": "Encode a dataset into ArrayRecord latent shards with a trained AR-VAE.",
-      "train": "Train the causal DiT with FoPP timesteps, sharded over a device mesh.",
       "sample": "Generate videos with the AD scheduler (any length, continuation, CFG).",
       "eval": "Score samples with FVD, FID and the synthetic physics score.",
       "convert": "Import the authors' PyTorch checkpoints or TiTok weights; read portable exports.",
@@ -77,6 +113,15 @@ def main(argv=None) -> int:
       report = demo.run(config, args.workdir)
       print(f"demo finished in {report['seconds']} s; see {args.workdir}/report.md")
       return 0
+    if args.command == "train":
+      jax = _init_jax(args)
+      from ardiffusion_jax import config as config_lib
+      from ardiffusion_jax.train import dit as train_dit
+      config = config_lib.load_config(args.config, args.overrides, num_devices=jax.device_count())
+      result = train_dit.train(config, args.workdir)
+      state = "stopped by SIGTERM at" if result.stopped_early else "reached"
+      print(f"ardiff train: {state} step {result.step}; checkpoints in {args.workdir}/checkpoints")
+      return 0
     if args.command == "plan":
       return _plan(args)
     if args.command == "bench":
@@ -85,7 +130,7 @@ def main(argv=None) -> int:
     print(f"ardiff {args.command}: not available yet; it arrives with {PENDING[args.command]}.",
           file=sys.stderr)
     return 2
-  except (ConfigError, DataError, CheckpointError) as error:
+  except (ConfigError, DataError, CheckpointError, TrainingDiverged) as error:
     print(f"ardiff {args.command}: error: {error}", file=sys.stderr)
     return 1
 

@@ -193,3 +193,5 @@ def _validate_train(train, mesh_shape):
   _require(0 <= train.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {train.ema_decay}")
   _require(0 <= train.label_dropout < 1, "train.label_dropout",
            f"must be in [0, 1), got {train.label_dropout}")
+  for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    _require(train[field] >= 1, f"train.{field}", f"must be >= 1, got {train[field]}")

@@ -16,3 +16,13 @@ class DataError(RuntimeError):
 
 class CheckpointError(RuntimeError):
   """A checkpoint does not match what the model expects."""
+
+
+class TrainingDiverged(RuntimeError):
+  """A batch or the loss stopped being finite; nothing after the last good step is saved."""
+
+  def __init__(self, step: int, what: str, last_good):
+    self.step, self.last_good = step, last_good
+    where = (f"the last good checkpoint is step {last_good}" if last_good is not None
+             else "no checkpoint was written yet")
+    super().__init__(f"training stopped at step {step}: {what}; {where}")

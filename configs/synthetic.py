@@ -91,6 +91,10 @@ def get_config(arg=None):
       grad_accum=1,
       ema_decay=0.999,
       label_dropout=0.1,
+      log_every=1 if smoke else 50,
+      checkpoint_every=10 if smoke else 500,
+      keep_checkpoints=3,
+      latents_dir="",  # ArrayRecord latent shards (ardiff extract writes them)
   ))
 
   # -1 takes the devices the other axes leave.

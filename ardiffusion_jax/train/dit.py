@@ -14,7 +14,10 @@ import numpy as np
 import optax
 
 from ardiffusion_jax import diffusion, timesteps
-from ardiffusion_jax.train import sharding
+from ardiffusion_jax.data import latents, pipeline
+from ardiffusion_jax.errors import DataError
+from ardiffusion_jax.models import dit
+from ardiffusion_jax.train import loop, sharding
 from ardiffusion_jax.train import state as state_lib
 
 
@@ -111,3 +114,42 @@ def jit_train_step(model, tx, config, shardings, mesh):
   `sharding.mesh_context(mesh)`."""
   return jax.jit(make_train_step(model, tx, config), in_shardings=(shardings, None),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def example_inputs(model):
+  """Abstract (x, t, label) of batch 1 for initialising `model`."""
+  frames, tokens, channels = model.num_frames, model.tokens_per_frame, model.in_channels
+  return [jax.ShapeDtypeStruct((1, frames, tokens, channels), jnp.float32),
+          jax.ShapeDtypeStruct((1, frames), jnp.int32), jax.ShapeDtypeStruct((1,), jnp.int32)]
+
+
+def latent_source(config, model):
+  """The latent shards named by `train.latents_dir`, checked against the model."""
+  source = latents.LatentShards(latents.shard_paths(config.train.latents_dir))
+  shape = source[0]["latents"].shape
+  expected = (model.num_frames, model.tokens_per_frame, model.in_channels)
+  if shape != expected:
+    raise DataError(f"latent shards in {config.train.latents_dir} hold clips of shape {shape}, "
+                    f"but the DiT expects {expected} (dit.num_frames, tokens_per_frame, in_channels)")
+  return source
+
+
+def train(config, workdir, hooks=(), devices=None) -> loop.LoopResult:
+  """`ardiff train`: trains the DiT on latent shards, resuming from `workdir`."""
+  mesh = sharding.make_mesh(config.mesh, devices)
+  model = dit.dit_from_config(config.dit)
+  tx = state_lib.make_optimizer(config.train)
+  data_iterator = pipeline.global_batches(latent_source(config, model), config.train.batch_size,
+                                          seed=config.seed, fields=("latents", "label"))
+  example = example_inputs(model)
+  abstract_state, shardings = state_lib.abstract_train_state(model, tx, mesh, example)
+  settings = loop.LoopSettings(
+      total_steps=config.train.steps, log_every=config.train.log_every,
+      checkpoint_every=config.train.checkpoint_every,
+      keep_checkpoints=config.train.keep_checkpoints)
+  return loop.run(
+      workdir=workdir, mesh=mesh, abstract_state=abstract_state,
+      init_state=lambda: state_lib.create_train_state(model, tx, mesh,
+                                                      jax.random.key(config.seed), example)[0],
+      step_fn=jit_train_step(model, tx, config, shardings, mesh), data_iterator=data_iterator,
+      settings=settings, config=config, hooks=hooks, desc="train DiT")

@@ -1,0 +1,58 @@
+"""Orbax checkpoints: the train state, the grain iterator state and the config JSON.
+
+Saves are asynchronous and keep the newest `keep` steps. A step directory only counts
+once orbax has committed it, so a run killed mid-save resumes from the previous one.
+"""
+
+import json
+import pathlib
+
+import orbax.checkpoint as ocp
+from grain import checkpoint as grain_checkpoint
+
+from ardiffusion_jax.errors import CheckpointError
+
+
+class Checkpointer:
+
+  def __init__(self, directory, keep: int = 3, async_save: bool = True):
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "config"))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator=None, config=None, force: bool = False):
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain_checkpoint.CheckpointSave(data_iterator)
+    if config is not None:
+      items["config"] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, abstract_state, data_iterator=None, step=None):
+    """Restores `step` (default: the latest) into the shapes and shardings of
+    `abstract_state`, and the data iterator in place. Returns (state, step) or
+    (None, None) when there is no checkpoint."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None, None
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain_checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError, TypeError) as error:
+      raise CheckpointError(f"checkpoint {self.directory / str(step)} does not match the "
+                            f"model and optimizer in the config: {error}") from error
+    return restored["state"], step
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,60 @@
+"""Metrics to JSONL in the workdir, and to TensorBoard when tensorboardX is installed.
+
+Only the primary process writes. Array metrics (e.g. loss per frame) become lists.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+
+
+class MetricWriter:
+
+  def __init__(self, workdir, enabled: bool = True):
+    self.enabled = enabled
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self._tensorboard = None
+    if enabled:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      try:
+        from tensorboardX import SummaryWriter
+        self._tensorboard = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      except ImportError:
+        pass
+
+  def truncate_after(self, step: int):
+    """Drops records past `step`: a resumed run re-logs the steps it redoes."""
+    if self.enabled and self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line)["step"] <= step]
+      self.path.write_text("".join(line + "\n" for line in kept))
+
+  def write(self, step: int, metrics: dict):
+    if not self.enabled:
+      return
+    record = {"step": int(step)}
+    for key, value in metrics.items():
+      value = np.asarray(value)
+      record[key] = value.item() if value.ndim == 0 else value.tolist()
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tensorboard is not None:
+      for key, value in record.items():
+        if key == "step":
+          continue
+        if isinstance(value, list):
+          for i, item in enumerate(value):
+            self._tensorboard.add_scalar(f"{key}/{i}", item, step)
+        else:
+          self._tensorboard.add_scalar(key, value, step)
+
+  def close(self):
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+
+
+def read_metrics(workdir) -> list:
+  """All records of a run's metrics.jsonl, in order."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
