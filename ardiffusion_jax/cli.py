@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "config's mesh. Checkpoints go to WORKDIR/checkpoints and a run restarted "
                   "with the same WORKDIR resumes from the last one; SIGTERM saves and stops.")
   _add_config(train)
-  train.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl")
+  train.add_argument("--workdir", required=True,
+                     help="run folder for checkpoints (a local path or gs://...)")
+  train.add_argument("--logdir", help="local folder for metrics.jsonl and TensorBoard "
+                                      "(default: the workdir)")
   _add_distributed(train)
 
   plan = commands.add_parser(
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
       from ardiffusion_jax import config as config_lib
       from ardiffusion_jax.train import dit as train_dit
       config = config_lib.load_config(args.config, args.overrides, num_devices=jax.device_count())
-      result = train_dit.train(config, args.workdir)
+      result = train_dit.train(config, args.workdir, logdir=args.logdir)
       state = "stopped by SIGTERM at" if result.stopped_early else "reached"
       print(f"ardiff train: {state} step {result.step}; checkpoints in {args.workdir}/checkpoints")
       return 0

@@ -4,6 +4,7 @@
 # install when nothing it depends on changed.
 #   bash launch/setup.sh          # package only
 #   bash launch/setup.sh --test   # plus the test extras (pytest, nbmake, scipy)
+#   JAX_EXTRA=cuda12 bash launch/setup.sh   # GPU wheels (jax[cuda12]); JAX_EXTRA=tpu for TPU VMs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,12 +31,16 @@ if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c '' 2>/dev/null; then
 fi
 
 stamp=.venv/.installed$(echo "$extras" | tr -d '[]')
-want=$(cat pyproject.toml launch/constraints.txt | sha256sum | cut -d' ' -f1)
+want=$( (cat pyproject.toml launch/constraints.txt; echo "${JAX_EXTRA:-}") | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   echo "setup: .venv is up to date"
   exit 0
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c launch/constraints.txt -e ".$extras"
+if [[ -n "${JAX_EXTRA:-}" ]]; then
+  jax_version=$(.venv/bin/python -c 'import jax; print(jax.__version__)')
+  .venv/bin/python -m pip install --quiet "jax[${JAX_EXTRA}]==${jax_version}"
+fi
 echo "$want" > "$stamp"
 echo "setup: installed ardiffusion_jax$extras into .venv ($(.venv/bin/python --version))"

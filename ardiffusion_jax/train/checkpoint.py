@@ -5,9 +5,9 @@ once orbax has committed it, so a run killed mid-save resumes from the previous 
 """
 
 import json
-import pathlib
 
 import orbax.checkpoint as ocp
+from etils import epath
 from grain import checkpoint as grain_checkpoint
 
 from ardiffusion_jax.errors import CheckpointError
@@ -16,7 +16,10 @@ from ardiffusion_jax.errors import CheckpointError
 class Checkpointer:
 
   def __init__(self, directory, keep: int = 3, async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+    # epath: local folders and object stores (gs://...) alike.
+    self.directory = epath.Path(directory)
+    if not str(directory).startswith(("gs://", "s3://")):
+      self.directory = self.directory.absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,

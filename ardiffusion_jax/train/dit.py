@@ -134,7 +134,7 @@ def latent_source(config, model):
   return source
 
 
-def train(config, workdir, hooks=(), devices=None) -> loop.LoopResult:
+def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResult:
   """`ardiff train`: trains the DiT on latent shards, resuming from `workdir`."""
   mesh = sharding.make_mesh(config.mesh, devices)
   model = dit.dit_from_config(config.dit)
@@ -152,4 +152,4 @@ def train(config, workdir, hooks=(), devices=None) -> loop.LoopResult:
       init_state=lambda: state_lib.create_train_state(model, tx, mesh,
                                                       jax.random.key(config.seed), example)[0],
       step_fn=jit_train_step(model, tx, config, shardings, mesh), data_iterator=data_iterator,
-      settings=settings, config=config, hooks=hooks, desc="train DiT")
+      settings=settings, config=config, hooks=hooks, desc="train DiT", logdir=logdir)

@@ -76,16 +76,17 @@ class _StopFlag:
 
 def run(*, workdir, mesh, init_state: Callable[[], Any], abstract_state, step_fn, data_iterator,
         settings: LoopSettings, config=None, hooks: Sequence[Callable] = (),
-        desc: str = "train") -> LoopResult:
+        desc: str = "train", logdir=None) -> LoopResult:
   """Trains until `settings.total_steps`, resuming from `workdir/checkpoints`.
 
   `init_state()` builds a fresh state and is only called when there is no checkpoint.
   Each hook is called as hook(step, state, metrics, checkpointer) after every step.
+  Metrics go to `logdir` (default: workdir), which must be a local folder.
   """
   primary = jax.process_index() == 0
   checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=settings.keep_checkpoints,
                               async_save=settings.async_checkpoints)
-  writer = MetricWriter(workdir, enabled=primary)
+  writer = MetricWriter(logdir or workdir, enabled=primary)
   state, resumed_from = checkpointer.restore(abstract_state, data_iterator)
   if state is None:
     state = init_state()
