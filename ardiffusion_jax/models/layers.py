@@ -111,7 +111,7 @@ class Attention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, positions=None):
+  def __call__(self, x, mask=None, positions=None):
     width = x.shape[-1]
     head_dim = width // self.num_heads
     qkv = dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"), "qkv",
@@ -124,14 +124,35 @@ class Attention(nn.Module):
     return dense(width, ("heads", "kv", "embed"), "proj", axis=(-2, -1), dtype=self.dtype)(out)
 
 
+class CrossAttention(nn.Module):
+  """Queries from x [B, N, D]; keys and values from their own inputs [B, M, D]."""
+  num_heads: int
+  out_init: Any = None  # zeros makes the block start as an identity residual
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, keys, values, mask=None):
+    width = x.shape[-1]
+    shape, axes = (self.num_heads, width // self.num_heads), ("embed", "heads", "kv")
+    q = dense(shape, axes, "q", dtype=self.dtype)(x)
+    k = dense(shape, axes, "k", dtype=self.dtype)(keys)
+    v = dense(shape, axes, "v", dtype=self.dtype)(values)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return dense(width, ("heads", "kv", "embed"), "proj", axis=(-2, -1), dtype=self.dtype,
+                 kernel_init=self.out_init)(out)
+
+
 class Mlp(nn.Module):
-  """fc1, tanh-approximate GELU, fc2 (timm's Mlp)."""
+  """fc1, GELU, fc2: tanh-approximate GELU as timm's Mlp (the DiT), exact erf GELU as
+  TiTok's ViT (`approximate_gelu=False`)."""
   hidden: int
   dtype: jnp.dtype = jnp.float32
+  approximate_gelu: bool = True
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
     h = dense(self.hidden, ("embed", "mlp"), "fc1", dtype=self.dtype)(x)
-    h = constrain(nn.gelu(h, approximate=True), ("act_batch", "act_length", "act_mlp"))
+    h = nn.gelu(h, approximate=self.approximate_gelu)
+    h = constrain(h, ("act_batch", "act_length", "act_mlp"))
     return dense(width, ("mlp", "embed"), "fc2", dtype=self.dtype)(h)

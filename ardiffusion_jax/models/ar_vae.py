@@ -1,0 +1,343 @@
+"""AR-VAE: a TiTok-style 1D video tokenizer with an optional temporally causal decoder.
+
+Frames are encoded one by one into 32 continuous tokens of 4 dims (spec §1). The
+decoder turns tokens back into pixels through a ViT over mask tokens, a soft codebook
+and the MaskGIT-VQGAN pixel decoder. With `temporal_causal=True` every decoder layer
+first attends over time, so frame f's reconstruction sees the latents and pixel
+features of frames <= f only (spec §1.5).
+
+Variants (flags, one module):
+| flag | official | clean |
+|---|---|---|
+| legacy_reshape | TiTok's reinterpretation of [32, W] as [W, 32] before conv_out | per-token Linear |
+| nin_shortcut_quirk | nin applied to the block output, input residual dropped | nin on the input |
+| temporal_zero_init | False: their generic re-init perturbs the temporal blocks | True: out proj zero |
+
+Images are float in [0, 1], NHWC. Latents are [..., 32, 4]; `encode` returns the raw
+mean and logvar, `decode` L2-normalises each token first, exactly where the authors do.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ardiffusion_jax.models import layers
+
+PRESETS = {
+    # ViT width, depth, heads; pixel decoder hidden and channel multipliers.
+    "paper": dict(width=1024, depth=24, num_heads=16, image_size=256, patch_size=16,
+                  pixel_hidden=128, channel_mult=(1, 1, 2, 2, 4), pixel_z_channels=256,
+                  pixel_codebook_size=1024, norm_groups=32),
+    "tiny": dict(width=64, depth=2, num_heads=2, image_size=64, patch_size=8,
+                 pixel_hidden=32, channel_mult=(1, 1, 2, 2), pixel_z_channels=32,
+                 pixel_codebook_size=64, norm_groups=8),
+}
+VARIANTS = {
+    "official": dict(legacy_reshape=True, nin_shortcut_quirk=True, temporal_zero_init=False),
+    "clean": dict(legacy_reshape=False, nin_shortcut_quirk=False, temporal_zero_init=True),
+}
+
+
+def l2_normalize(z, eps: float = 1e-12):
+  """Per-token L2 normalisation over the channel axis (F.normalize, eps 1e-12)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True))
+  return z / jnp.maximum(norm, eps)
+
+
+def legacy_moments(tokens, kernel, bias):
+  """TiTok's legacy head: [N, L, W] reinterpreted (C order, no transpose) as [N, W, L],
+  then a 1x1 conv over that "channel" axis. Returns moments as [N, L, C_out]."""
+  n, length, width = tokens.shape
+  reinterpreted = tokens.reshape(n, width, length)
+  return jnp.einsum("nkj,kc->njc", reinterpreted, kernel) + bias
+
+
+def _param(module, name, shape, axes, init=nn.initializers.normal(0.02)):
+  return module.param(name, layers.param_with_axes(init, axes), shape, jnp.float32)
+
+
+def _layer_norm(name):
+  # TiTok uses PyTorch's default eps 1e-5, with affine parameters.
+  return nn.LayerNorm(epsilon=1e-5, name=name,
+                      scale_init=layers.param_with_axes(nn.initializers.ones, ("embed",)),
+                      bias_init=layers.param_with_axes(nn.initializers.zeros, ("embed",)))
+
+
+class ViTBlock(nn.Module):
+  """Pre-LN transformer block (TiTok's ResidualAttentionBlock): exact GELU, no mask."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    x = x + layers.Attention(self.num_heads, dtype=self.dtype, name="attn")(_layer_norm("ln_1")(x))
+    return x + layers.Mlp(int(width * self.mlp_ratio), dtype=self.dtype, approximate_gelu=False,
+                          name="mlp")(_layer_norm("ln_2")(x))
+
+
+class TemporalBlocks(nn.Module):
+  """The two causal-in-time blocks run before each decoder layer (spec §1.5).
+
+  pixels: [B, T, P, D]; latents: [B, T, L, D]. Fine: each pixel position attends over
+  time (frames <= t). Coarse: each frame's latent and pixel tokens attend to the latent
+  tokens of frames <= t.
+  """
+  num_heads: int
+  zero_init: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels, latents):
+    batch, frames, num_pixels, width = pixels.shape
+    num_latents = latents.shape[2]
+    out_init = layers.zeros if self.zero_init else None
+    causal = jnp.tril(jnp.ones((frames, frames), bool))
+
+    # Fine: sequences over time, one per (video, pixel position).
+    seq = pixels.transpose(0, 2, 1, 3).reshape(batch * num_pixels, frames, width)
+    fine = layers.CrossAttention(self.num_heads, out_init=out_init, dtype=self.dtype,
+                                 name="fine_attn")
+    normed = _layer_norm("fine_ln")(seq)
+    seq = seq + fine(normed, normed, normed, mask=causal[None, None])
+    pixels = seq.reshape(batch, num_pixels, frames, width).transpose(0, 2, 1, 3)
+
+    # Coarse: per frame, [latents; pixels] queries over all frames' latents, masked by time.
+    queries = jnp.concatenate([latents, pixels], axis=2).reshape(batch, frames * (num_latents + num_pixels), width)
+    context = latents.reshape(batch, frames * num_latents, width)
+    query_frame = jnp.repeat(jnp.arange(frames), num_latents + num_pixels)
+    key_frame = jnp.repeat(jnp.arange(frames), num_latents)
+    mask = layers.frame_mask(query_frame[None], key_frame[None])
+    coarse = layers.CrossAttention(self.num_heads, out_init=out_init, dtype=self.dtype,
+                                   name="coarse_attn")
+    queries = queries + coarse(_layer_norm("ln_q")(queries), _layer_norm("ln_k")(context),
+                               _layer_norm("ln_v")(context), mask=mask)
+    queries = queries.reshape(batch, frames, num_latents + num_pixels, width)
+    return queries[:, :, num_latents:], queries[:, :, :num_latents]
+
+
+class Encoder(nn.Module):
+  width: int
+  depth: int
+  num_heads: int
+  patch_size: int
+  num_latent_tokens: int
+  token_dim: int
+  legacy_reshape: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, latent_tokens):
+    """images [N, H, W, 3] in [0, 1] -> moments [N, L, 2·token_dim]."""
+    n = images.shape[0]
+    patches = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
+                      padding="VALID", dtype=self.dtype, name="patch_embed",
+                      kernel_init=layers.param_with_axes(nn.initializers.lecun_normal(),
+                                                         (None, None, None, "embed")),
+                      bias_init=layers.param_with_axes(nn.initializers.zeros, ("embed",)))(images)
+    grid = patches.shape[1] * patches.shape[2]
+    x = patches.reshape(n, grid, self.width)  # row-major: token = h * grid_w + w
+    cls = _param(self, "class_embedding", (1, self.width), (None, "embed"))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.width)), x], axis=1)
+    x = x + _param(self, "positional_embedding", (grid + 1, self.width), (None, "embed"))
+    latent = latent_tokens + _param(self, "latent_token_positional_embedding",
+                                    (self.num_latent_tokens, self.width), (None, "embed"))
+    x = jnp.concatenate([x, jnp.broadcast_to(latent, (n,) + latent.shape)], axis=1)
+    x = _layer_norm("ln_pre")(x)
+    for i in range(self.depth):
+      x = ViTBlock(self.num_heads, dtype=self.dtype, name=f"transformer_{i}")(x)
+    x = _layer_norm("ln_post")(x[:, -self.num_latent_tokens:])
+    head = layers.dense(2 * self.token_dim, ("embed", None), "conv_out", dtype=self.dtype)
+    if self.legacy_reshape:
+      # Run the Linear once to create its parameters, then apply them the legacy way.
+      head(x[:, :1])
+      params = nn.meta.unbox(self.variables["params"]["conv_out"])
+      return legacy_moments(x, params["kernel"], params["bias"])
+    return head(x)
+
+
+class PixelResBlock(nn.Module):
+  """MaskGIT-VQGAN ResBlock: GN, SiLU, conv3x3, GN, SiLU, conv3x3 (no biases)."""
+  features: int
+  groups: int
+  nin_shortcut_quirk: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = lambda name, k: nn.Conv(self.features, (k, k), padding="SAME", use_bias=False,
+                                   dtype=self.dtype, name=name)
+    h = conv("conv1", 3)(nn.silu(nn.GroupNorm(self.groups, epsilon=1e-6, name="norm1")(x)))
+    h = conv("conv2", 3)(nn.silu(nn.GroupNorm(self.groups, epsilon=1e-6, name="norm2")(h)))
+    if x.shape[-1] == self.features:
+      return x + h
+    if self.nin_shortcut_quirk:  # the authors' code: out = h + nin(h), input dropped
+      return h + conv("nin_shortcut", 1)(h)
+    return conv("nin_shortcut", 1)(x) + h
+
+
+class PixelDecoder(nn.Module):
+  """MaskGIT-VQGAN decoder: conv_in, mid, up stages (last to first), GN, SiLU, conv_out."""
+  hidden: int
+  channel_mult: Sequence[int]
+  groups: int
+  nin_shortcut_quirk: bool
+  num_res_blocks: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z):
+    conv = lambda features, name, bias=True: nn.Conv(features, (3, 3), padding="SAME",
+                                                     use_bias=bias, dtype=self.dtype, name=name)
+    block = lambda features, name: PixelResBlock(features, self.groups, self.nin_shortcut_quirk,
+                                                 dtype=self.dtype, name=name)
+    top = self.hidden * self.channel_mult[-1]
+    h = conv(top, "conv_in")(z)
+    for i in range(2):
+      h = block(top, f"mid_{i}")(h)
+    for level in reversed(range(len(self.channel_mult))):
+      features = self.hidden * self.channel_mult[level]
+      for i in range(self.num_res_blocks):
+        h = block(features, f"up_{level}_block_{i}")(h)
+      if level > 0:
+        n, height, width, c = h.shape
+        h = jax.image.resize(h, (n, height * 2, width * 2, c), "nearest")
+        h = conv(features, f"up_{level}_upsample_conv")(h)
+    h = nn.silu(nn.GroupNorm(self.groups, epsilon=1e-6, name="norm_out")(h))
+    return conv(3, "conv_out")(h)
+
+
+class Decoder(nn.Module):
+  """Latent tokens -> logits over the pixel codebook at each patch position."""
+  width: int
+  depth: int
+  num_heads: int
+  grid: int
+  num_latent_tokens: int
+  codebook_size: int
+  temporal_causal: bool
+  temporal_zero_init: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z):
+    """z [B, T, L, token_dim] (unit-norm tokens) -> logits [B, T, grid, grid, codebook]."""
+    batch, frames = z.shape[:2]
+    n = batch * frames
+    latent = layers.dense(self.width, (None, "embed"), "decoder_embed", dtype=self.dtype)(z)
+    latent = latent + _param(self, "latent_token_positional_embedding",
+                             (self.num_latent_tokens, self.width), (None, "embed"))
+    latent = latent.reshape(n, self.num_latent_tokens, self.width)
+    mask_token = _param(self, "mask_token", (1, 1, self.width), (None, None, "embed"))
+    cls = _param(self, "class_embedding", (1, self.width), (None, "embed"))
+    num_pixels = self.grid * self.grid
+    x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.width)),
+                         jnp.broadcast_to(mask_token, (n, num_pixels, self.width))], axis=1)
+    x = x + _param(self, "positional_embedding", (num_pixels + 1, self.width), (None, "embed"))
+    x = _layer_norm("ln_pre")(jnp.concatenate([x, latent], axis=1))
+    for i in range(self.depth):
+      if self.temporal_causal:
+        pixels = x[:, 1:1 + num_pixels].reshape(batch, frames, num_pixels, self.width)
+        lat = x[:, 1 + num_pixels:].reshape(batch, frames, self.num_latent_tokens, self.width)
+        pixels, lat = TemporalBlocks(self.num_heads, self.temporal_zero_init, dtype=self.dtype,
+                                     name=f"temporal_{i}")(pixels, lat)
+        x = jnp.concatenate([x[:, :1], pixels.reshape(n, num_pixels, self.width),
+                             lat.reshape(n, self.num_latent_tokens, self.width)], axis=1)
+      x = ViTBlock(self.num_heads, dtype=self.dtype, name=f"transformer_{i}")(x)
+    x = _layer_norm("ln_post")(x[:, 1:1 + num_pixels])
+    x = x.reshape(n, self.grid, self.grid, self.width)
+    h = jnp.tanh(layers.dense(2 * self.width, ("embed", "mlp"), "ffn_0", dtype=self.dtype)(x))
+    logits = layers.dense(self.codebook_size, ("mlp", None), "ffn_2", dtype=self.dtype)(h)
+    return logits.reshape(batch, frames, self.grid, self.grid, self.codebook_size)
+
+
+class ARVAE(nn.Module):
+  """The whole tokenizer. `__call__` reconstructs; `encode`/`decode` are separate entry
+  points (use `apply(..., method=...)`)."""
+  width: int = 1024
+  depth: int = 24
+  num_heads: int = 16
+  image_size: int = 256
+  patch_size: int = 16
+  num_latent_tokens: int = 32
+  token_dim: int = 4
+  pixel_hidden: int = 128
+  channel_mult: Sequence[int] = (1, 1, 2, 2, 4)
+  pixel_z_channels: int = 256
+  pixel_codebook_size: int = 1024
+  norm_groups: int = 32
+  legacy_reshape: bool = False
+  nin_shortcut_quirk: bool = False
+  temporal_causal: bool = False
+  temporal_zero_init: bool = True
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    grid = self.image_size // self.patch_size
+    if grid * self.patch_size != self.image_size:
+      raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+    if grid * 2 ** (len(self.channel_mult) - 1) != self.image_size:
+      raise ValueError(f"the pixel decoder upsamples {grid} by 2^{len(self.channel_mult) - 1}, "
+                       f"which is not image_size {self.image_size}; set channel_mult to "
+                       f"log2(patch_size) + 1 levels")
+    self.latent_tokens = self.param(
+        "latent_tokens", layers.param_with_axes(nn.initializers.normal(self.width ** -0.5),
+                                                (None, "embed")),
+        (self.num_latent_tokens, self.width), jnp.float32)
+    self.encoder = Encoder(self.width, self.depth, self.num_heads, self.patch_size,
+                           self.num_latent_tokens, self.token_dim, self.legacy_reshape,
+                           dtype=self.dtype)
+    self.decoder = Decoder(self.width, self.depth, self.num_heads, grid, self.num_latent_tokens,
+                           self.pixel_codebook_size, self.temporal_causal,
+                           self.temporal_zero_init, dtype=self.dtype)
+    self.pixel_quantize_conv = layers.dense(self.pixel_z_channels, (None, "embed"),
+                                            "pixel_quantize_conv", dtype=self.dtype)
+    self.pixel_decoder = PixelDecoder(self.pixel_hidden, tuple(self.channel_mult),
+                                      self.norm_groups, self.nin_shortcut_quirk, dtype=self.dtype)
+
+  def encode(self, video):
+    """video [B, T, H, W, 3] in [0, 1] -> (mean, logvar), each [B, T, L, token_dim].
+
+    Frames are encoded independently. The mean is raw (not normalised), as the authors
+    save it for the DiT.
+    """
+    batch, frames = video.shape[:2]
+    moments = self.encoder(video.reshape((batch * frames,) + video.shape[2:]), self.latent_tokens)
+    moments = moments.reshape(batch, frames, self.num_latent_tokens, 2 * self.token_dim)
+    mean, logvar = jnp.split(moments, 2, axis=-1)
+    return mean, jnp.clip(logvar, -30.0, 20.0)
+
+  def decode(self, latents):
+    """latents [B, T, L, token_dim] (any norm) -> video [B, T, H, W, 3], unbounded."""
+    batch, frames = latents.shape[:2]
+    logits = self.decoder(l2_normalize(latents))
+    soft_codes = self.pixel_quantize_conv(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+    grid = logits.shape[2]
+    pixels = self.pixel_decoder(soft_codes.reshape(batch * frames, grid, grid, -1))
+    return pixels.reshape((batch, frames) + pixels.shape[1:]).astype(jnp.float32)
+
+  def __call__(self, video, sample_posterior: bool = False, rng=None):
+    """Reconstruction. Training samples z = normalize(mean + σ·ε) (needs `rng`);
+    evaluation uses the mean. Returns (reconstruction, mean, logvar)."""
+    mean, logvar = self.encode(video)
+    z = mean
+    if sample_posterior:
+      z = l2_normalize(mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape))
+    return self.decode(z), mean, logvar
+
+
+def vae_from_config(vae_config) -> ARVAE:
+  """Builds the AR-VAE from a config's `vae` section: `variant`, `size` and overrides."""
+  fields = dict(VARIANTS[vae_config.variant])
+  fields.update(PRESETS[vae_config.size])
+  for name in ARVAE.__dataclass_fields__:
+    if name in vae_config and name not in ("parent", "name"):
+      fields[name] = vae_config[name]
+  if isinstance(fields.get("dtype"), str):
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+  if "channel_mult" in fields:
+    fields["channel_mult"] = tuple(fields["channel_mult"])
+  return ARVAE(**fields)

@@ -1,0 +1,120 @@
+"""The AR-VAE: parameter counts, the legacy reshape, causality and latent normalisation."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ardiffusion_jax.models import ar_vae
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _randomised(model, *args):
+  variables = nn.meta.unbox(model.init(jax.random.key(0), *args))
+  leaves, tree = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  return jax.tree.unflatten(tree, [leaf + 0.02 * jax.random.normal(k, leaf.shape)
+                                   for leaf, k in zip(leaves, keys)])
+
+
+def _tiny(variant="clean", **changes):
+  return ar_vae.ARVAE(**{**ar_vae.VARIANTS[variant], **ar_vae.PRESETS["tiny"], **changes})
+
+
+def test_paper_size_parameter_counts_match_the_spec():
+  model = ar_vae.ARVAE(**ar_vae.VARIANTS["official"], **ar_vae.PRESETS["paper"])
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, 256, 256, 3)))["params"]
+  counts = {name: _count(tree) for name, tree in params.items()}
+  # spec §1.1: encoder 303.4M, TiTok decoder 306.8M, pixel decoder 30.5M,
+  # pixel_quantize_conv 0.26M, latent tokens 32K.
+  assert round(counts["encoder"] / 1e6, 1) == 303.4
+  assert round(counts["decoder"] / 1e6, 1) == 306.8
+  assert round(counts["pixel_decoder"] / 1e6, 1) == 30.5
+  assert counts["pixel_quantize_conv"] == 1024 * 256 + 256
+  assert counts["latent_tokens"] == 32 * 1024
+  causal = model.clone(temporal_causal=True)
+  extra = _count(jax.eval_shape(causal.init, jax.random.key(0),
+                                jnp.zeros((1, 2, 256, 256, 3)))["params"]) - sum(counts.values())
+  assert round(extra / 1e6, 1) == 201.7  # spec §1.5
+
+
+def test_legacy_reshape_matches_the_spec_formula():
+  rng = np.random.default_rng(0)
+  n, length, width, out = 2, 32, 64, 8
+  x = rng.normal(size=(n, length, width)).astype(np.float32)
+  kernel = rng.normal(size=(width, out)).astype(np.float32)  # W[c, k] = kernel[k, c]
+  bias = rng.normal(size=(out,)).astype(np.float32)
+  expected = np.zeros((n, out, length), np.float32)
+  for b in range(n):
+    for c in range(out):
+      for j in range(length):
+        total = bias[c]
+        for k in range(width):
+          flat = length * k + j  # Xr[n,k,j] = x[n, (32k+j)//W, (32k+j)%W]
+          total += kernel[k, c] * x[b, flat // width, flat % width]
+        expected[b, c, j] = total
+  got = ar_vae.legacy_moments(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias))
+  np.testing.assert_allclose(np.asarray(got).transpose(0, 2, 1), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["official", "clean"])
+def test_causal_decoder_never_looks_ahead(variant):
+  model = _tiny(variant, temporal_causal=True)
+  latents = jax.random.normal(jax.random.key(1), (1, 4, 32, 4))
+  variables = _randomised(model, jnp.zeros((1, 4, 64, 64, 3)))
+  decode = jax.jit(lambda z: model.apply(variables, z, method=ar_vae.ARVAE.decode))
+  base = decode(latents)
+  for frame in range(1, 4):
+    changed = decode(latents.at[:, frame:].add(1.0))
+    np.testing.assert_array_equal(changed[:, :frame], base[:, :frame])
+    assert np.abs(changed[:, frame] - base[:, frame]).max() > 1e-5
+
+
+def test_per_frame_decoder_treats_frames_independently():
+  model = _tiny()
+  latents = jax.random.normal(jax.random.key(2), (1, 3, 32, 4))
+  variables = _randomised(model, jnp.zeros((1, 3, 64, 64, 3)))
+  decode = lambda z: model.apply(variables, z, method=ar_vae.ARVAE.decode)
+  np.testing.assert_allclose(decode(latents.at[:, 0].add(1.0))[:, 1:], decode(latents)[:, 1:],
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_latents_are_raw_means_and_decoding_normalises_each_token():
+  model = _tiny()
+  video = jax.random.uniform(jax.random.key(3), (1, 2, 64, 64, 3))
+  variables = _randomised(model, video)
+  mean, logvar = model.apply(variables, video, method=ar_vae.ARVAE.encode)
+  assert mean.shape == logvar.shape == (1, 2, 32, 4)
+  norms = np.linalg.norm(np.asarray(mean), axis=-1)
+  assert not np.allclose(norms, 1.0)  # raw mean, as the authors extract it
+  unit = ar_vae.l2_normalize(mean)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(unit), axis=-1), 1.0, rtol=1e-5)
+  decode = lambda z: model.apply(variables, z, method=ar_vae.ARVAE.decode)
+  np.testing.assert_allclose(decode(mean * 3.7), decode(unit), rtol=1e-4, atol=1e-4)
+  recon, _, _ = model.apply(variables, video, sample_posterior=True, rng=jax.random.key(4))
+  assert recon.shape == video.shape
+
+
+def test_nin_shortcut_quirk_changes_the_shortcut_shape():
+  def nin_shape(variant):
+    params = jax.eval_shape(_tiny(variant).init, jax.random.key(0),
+                            jnp.zeros((1, 1, 64, 64, 3)))["params"]["pixel_decoder"]
+    shortcuts = {k: v["nin_shortcut"]["kernel"].shape for k, v in params.items()
+                 if isinstance(v, dict) and "nin_shortcut" in v}
+    return shortcuts
+  official, clean = nin_shape("official"), nin_shape("clean")
+  assert official.keys() == clean.keys() and official
+  for name in official:  # official maps out->out (applied to h); clean maps in->out
+    assert official[name][2] == official[name][3]
+    assert clean[name][2] != clean[name][3]
+
+
+def test_bad_geometry_raises():
+  with pytest.raises(ValueError, match="not divisible by patch_size"):
+    _tiny(image_size=60).init(jax.random.key(0), jnp.zeros((1, 1, 60, 60, 3)))
+  with pytest.raises(ValueError, match="channel_mult"):
+    _tiny(channel_mult=(1, 2)).init(jax.random.key(0), jnp.zeros((1, 1, 64, 64, 3)))
