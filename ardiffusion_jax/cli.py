@@ -10,8 +10,6 @@ DEFAULT_CONFIG = "configs/synthetic.py:default"
 # Stages whose implementation has not landed yet: the subcommand says so and exits 2
 # instead of pretending. Each names the work item that brings it.
 PENDING = {
-    "train-vae": "the AR-VAE and its staged training (issue 4)",
-    "extract": "latent extraction into ArrayRecord shards (issue 4)",
     "sample": "the AD sampler (issue 5)",
     "eval": "FVD / FID / physics evaluation (issue 7)",
     "convert": "checkpoint conversion and export (issue 6)",
@@ -78,6 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: the workdir)")
   _add_distributed(train)
 
+  train_vae = commands.add_parser(
+      "train-vae", help="train the AR-VAE tokenizer (resumes from --workdir)",
+      description="Train the AR-VAE stage the config describes: :vae is frame "
+                  "reconstruction (L1 + LPIPS when its weights are configured) with the "
+                  "PatchGAN from vae_train.disc_start; :vae_causal finetunes the temporally "
+                  "causal decoder on clips from vae_train.init_from. Same checkpointing, "
+                  "resume and logging as `ardiff train`.")
+  _add_config(train_vae, default="configs/synthetic.py:vae")
+  train_vae.add_argument("--workdir", required=True, help="run folder for checkpoints")
+  train_vae.add_argument("--logdir", help="local folder for metrics (default: the workdir)")
+  _add_distributed(train_vae)
+
+  extract = commands.add_parser(
+      "extract", help="encode the dataset into ArrayRecord latent shards",
+      description="Encode every clip of the config's dataset with a trained AR-VAE into "
+                  "ArrayRecord latent shards (the DiT's training data). Deterministic, "
+                  "resumable (finished shards are skipped) and split across processes.")
+  _add_config(extract, default="configs/synthetic.py:vae")
+  extract.add_argument("--vae-ckpt", required=True,
+                       help="the AR-VAE run folder (or its checkpoints folder)")
+  extract.add_argument("--out", required=True, help="folder for latents-*.array_record")
+  extract.add_argument("--shard-size", type=int, default=256, help="clips per shard")
+  extract.add_argument("--batch-size", type=int, default=8, help="clips per encoder call")
+  _add_distributed(extract)
+
   plan = commands.add_parser(
       "plan", help="AOT-compile the train step on N devices and print per-device memory",
       description="Compile the real DiT train step from abstract inputs (nothing is "
@@ -93,8 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="benchmark name and options")
 
   descriptions = {
-      "train-vae": "Train the AR-VAE tokenizer (frames, adversarial, causal finetune stages).",
-      "extract": "Encode a dataset into ArrayRecord latent shards with a trained AR-VAE.",
       "sample": "Generate videos with the AD scheduler (any length, continuation, CFG).",
       "eval": "Score samples with FVD, FID and the synthetic physics score.",
       "convert": "Import the authors' PyTorch checkpoints or TiTok weights; read portable exports.",
@@ -116,14 +137,32 @@ def main(argv=None) -> int:
       report = demo.run(config, args.workdir)
       print(f"demo finished in {report['seconds']} s; see {args.workdir}/report.md")
       return 0
-    if args.command == "train":
+    if args.command in ("train", "train-vae"):
       jax = _init_jax(args)
       from ardiffusion_jax import config as config_lib
-      from ardiffusion_jax.train import dit as train_dit
+      if args.command == "train":
+        from ardiffusion_jax.train.dit import train
+      else:
+        from ardiffusion_jax.train.vae import train
       config = config_lib.load_config(args.config, args.overrides, num_devices=jax.device_count())
-      result = train_dit.train(config, args.workdir, logdir=args.logdir)
+      result = train(config, args.workdir, logdir=args.logdir)
       state = "stopped by SIGTERM at" if result.stopped_early else "reached"
-      print(f"ardiff train: {state} step {result.step}; checkpoints in {args.workdir}/checkpoints")
+      print(f"ardiff {args.command}: {state} step {result.step}; "
+            f"checkpoints in {args.workdir}/checkpoints")
+      return 0
+    if args.command == "extract":
+      import pathlib
+      jax = _init_jax(args)
+      from ardiffusion_jax import config as config_lib
+      from ardiffusion_jax.extract import extract as run_extract
+      config = config_lib.load_config(args.config, args.overrides)
+      if args.shard_size < 1 or args.batch_size < 1:
+        raise ConfigError("--shard-size", "shard and batch sizes must be >= 1")
+      ckpt = pathlib.Path(args.vae_ckpt)
+      ckpt = ckpt / "checkpoints" if (ckpt / "checkpoints").is_dir() else ckpt
+      result = run_extract(config, ckpt, args.out, args.shard_size, args.batch_size)
+      print(f"ardiff extract: {result['clips_written']} clips written, "
+            f"{result['skipped']} of {result['shards']} shards already done; see {args.out}")
       return 0
     if args.command == "plan":
       return _plan(args)

@@ -111,12 +111,7 @@ def validate(config: ml_collections.ConfigDict, num_devices=None):
            f"unknown dataset {data.name!r}; available: 'synthetic'")
   synthetic.check_synthetic_fields(data)
 
-  patch = config.vae.patch_size
-  _require(isinstance(patch, int) and patch >= 1, "vae.patch_size", f"must be an int >= 1, got {patch!r}")
-  _require(data.resolution % patch == 0, "vae.patch_size",
-           f"resolution {data.resolution} is not divisible by the patch size {patch}")
-  _require(config.vae.num_latent_tokens >= 1, "vae.num_latent_tokens", "must be >= 1")
-  _require(config.vae.token_dim >= 1, "vae.token_dim", "must be >= 1")
+  _validate_vae(config.vae, data)
 
   diff = config.diffusion
   _require(diff.num_timesteps >= 1, "diffusion.num_timesteps", f"must be >= 1, got {diff.num_timesteps}")
@@ -151,7 +146,55 @@ def validate(config: ml_collections.ConfigDict, num_devices=None):
     _validate_dit(config.dit)
   if "train" in config:
     _validate_train(config.train, mesh_shape)
+  if "vae_train" in config:
+    _validate_vae_train(config.vae_train, data, config.vae, mesh_shape)
   return config
+
+
+def _validate_vae(vae, data):
+  patch = vae.patch_size
+  _require(isinstance(patch, int) and patch >= 1, "vae.patch_size", f"must be an int >= 1, got {patch!r}")
+  _require(data.resolution % patch == 0, "vae.patch_size",
+           f"resolution {data.resolution} is not divisible by the patch size {patch}")
+  _require(vae.num_latent_tokens >= 1, "vae.num_latent_tokens", "must be >= 1")
+  _require(vae.token_dim >= 1, "vae.token_dim", "must be >= 1")
+  if "variant" not in vae:
+    return
+  from ardiffusion_jax.models import ar_vae
+
+  _require(vae.variant in ar_vae.VARIANTS, "vae.variant",
+           f"unknown variant {vae.variant!r}; expected one of {tuple(ar_vae.VARIANTS)}")
+  _require(vae.size in ar_vae.PRESETS, "vae.size",
+           f"unknown size {vae.size!r}; expected one of {tuple(ar_vae.PRESETS)}")
+  _require(vae.image_size == data.resolution, "vae.image_size",
+           f"{vae.image_size} differs from data.resolution {data.resolution}")
+  model = ar_vae.vae_from_config(vae)
+  grid = model.image_size // model.patch_size
+  _require(grid * 2 ** (len(model.channel_mult) - 1) == model.image_size, "vae.channel_mult",
+           f"{len(model.channel_mult)} levels upsample the {grid}x{grid} grid to "
+           f"{grid * 2 ** (len(model.channel_mult) - 1)}, not {model.image_size}; use "
+           f"log2(patch_size) + 1 levels")
+  _require(model.width % model.num_heads == 0, "vae.num_heads", "must divide the width")
+  for mult in model.channel_mult:
+    _require((model.pixel_hidden * mult) % model.norm_groups == 0, "vae.norm_groups",
+             f"{model.norm_groups} groups do not divide {model.pixel_hidden * mult} channels")
+
+
+def _validate_vae_train(train, data, vae, mesh_shape):
+  _require(train.steps >= 1, "vae_train.steps", f"must be >= 1, got {train.steps}")
+  _require(train.batch_size >= 1, "vae_train.batch_size", f"must be >= 1, got {train.batch_size}")
+  _check_batch_split("vae_train.batch_size", train.batch_size, mesh_shape)
+  _require(1 <= train.clip_frames <= data.num_frames, "vae_train.clip_frames",
+           f"must be in [1, data.num_frames={data.num_frames}], got {train.clip_frames}")
+  _require(train.lr > 0 and train.disc_lr > 0, "vae_train.lr", "learning rates must be > 0")
+  _require(train.disc_start >= -1, "vae_train.disc_start", "must be -1 (off) or a step >= 0")
+  _require(train.trainable in ("all", "temporal"), "vae_train.trainable",
+           f"expected 'all' or 'temporal', got {train.trainable!r}")
+  _require(train.trainable != "temporal" or vae.temporal_causal, "vae_train.trainable",
+           "'temporal' needs vae.temporal_causal = True (there are no temporal blocks)")
+  _require(train.perceptual_weight >= 0, "vae_train.perceptual_weight", "must be >= 0")
+  for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    _require(train[field] >= 1, f"vae_train.{field}", f"must be >= 1, got {train[field]}")
 
 
 def _validate_dit(dit_config):
@@ -174,16 +217,19 @@ def _validate_dit(dit_config):
            f"expected 'float32' or 'bfloat16', got {dit_config.dtype!r}")
 
 
+def _check_batch_split(field, batch, mesh_shape):
+  if mesh_shape is not None:
+    shards = mesh_shape[0] * mesh_shape[1]
+    _require(batch % shards == 0, field,
+             f"a (micro-)batch of {batch} does not split over data x fsdp = {shards} devices")
+
+
 def _validate_train(train, mesh_shape):
   _require(train.steps >= 1, "train.steps", f"must be >= 1, got {train.steps}")
   _require(train.batch_size >= 1, "train.batch_size", f"must be >= 1, got {train.batch_size}")
   _require(train.grad_accum >= 1 and train.batch_size % train.grad_accum == 0, "train.grad_accum",
            f"must be >= 1 and divide batch_size {train.batch_size}, got {train.grad_accum}")
-  if mesh_shape is not None:
-    shards = mesh_shape[0] * mesh_shape[1]
-    micro = train.batch_size // train.grad_accum
-    _require(micro % shards == 0, "train.batch_size",
-             f"the micro-batch of {micro} does not split over data x fsdp = {shards} devices")
+  _check_batch_split("train.batch_size", train.batch_size // train.grad_accum, mesh_shape)
   _require(train.lr > 0, "train.lr", f"must be > 0, got {train.lr}")
   _require(train.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
            f"expected 'constant' or 'cosine', got {train.lr_schedule!r}")

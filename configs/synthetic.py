@@ -1,8 +1,11 @@
-"""The embedded default: bouncing shapes with ground-truth physics.
+r"""The embedded default: bouncing shapes with ground-truth physics.
 
 Variants:
   default  64x64, 16 frames: the demo's dataset and tiny models.
   smoke    32x32, 8 frames, few videos: CI and notebooks.
+  vae      AR-VAE stages 1-2: frames, L1 (+ LPIPS), PatchGAN from disc_start.
+  vae_causal  stage 3: the temporally causal decoder finetuned on clips.
+  vae_smoke   stages 1-2 at smoke size.
   paper    the paper's official DiT (1152 wide, 28 deep, 16 heads) in bf16 with remat,
            batch 16 per device, FSDP over 8 devices: for planning and GPU runs.
 
@@ -10,18 +13,21 @@ Run:
   ardiff demo --config configs/synthetic.py:default --workdir runs/demo
   ardiff demo --config configs/synthetic.py:smoke --workdir runs/smoke
   ardiff plan --config configs/synthetic.py:paper --devices 8
+  ardiff train-vae --config configs/synthetic.py:vae --workdir runs/vae
+  ardiff train-vae --config configs/synthetic.py:vae_causal --workdir runs/vae_causal \
+      --set vae_train.init_from="'runs/vae/checkpoints'"
 """
 
 import ml_collections
 
-VARIANTS = ("default", "smoke", "paper")
+VARIANTS = ("default", "smoke", "paper", "vae", "vae_causal", "vae_smoke")
 
 
 def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} for configs/synthetic.py; expected one of {VARIANTS}")
-  smoke = variant == "smoke"
+  smoke = variant in ("smoke", "vae_smoke")
   config = ml_collections.ConfigDict()
   config.variant = variant
   config.seed = 0
@@ -40,11 +46,40 @@ def get_config(arg=None):
       seed=0,
   ))
 
-  # The tokenizer's geometry; the AR-VAE itself arrives with its own issue.
+  # The AR-VAE tokenizer; sizes from models/ar_vae.py PRESETS.
   config.vae = ml_collections.ConfigDict(dict(
+      variant="clean",
+      size="tiny",
+      image_size=config.data.resolution,
       patch_size=8,
+      channel_mult=(1, 1, 2, 2),  # log2(patch_size) + 1 levels
       num_latent_tokens=32,
       token_dim=4,
+      temporal_causal=variant == "vae_causal",
+      dtype="float32",
+  ))
+
+  # Stage 1 (frames) turns into stage 2 at disc_start; vae_causal is stage 3.
+  causal = variant == "vae_causal"
+  config.vae_train = ml_collections.ConfigDict(dict(
+      batch_size=8 if smoke else 32,
+      steps=20 if smoke else 3000,
+      clip_frames=config.data.num_frames if causal else 1,
+      lr=1e-4 if causal else 1e-3,
+      disc_lr=2e-4,
+      b1=0.9,
+      b2=0.999,
+      weight_decay=1e-4,
+      grad_clip=1.0,
+      disc_start=-1 if causal else (10 if smoke else 2000),  # -1: no discriminator
+      disc_weight=0.1,
+      perceptual_weight=1.0,
+      lpips_weights="",  # LPIPS + VGG-16 .npz (ardiff convert lpips); empty: no perceptual loss
+      trainable="temporal" if causal else "all",
+      init_from="",  # stage 3 starts from a stage-2 run's checkpoints folder
+      log_every=1 if smoke else 50,
+      checkpoint_every=10 if smoke else 500,
+      keep_checkpoints=3,
   ))
 
   config.diffusion = ml_collections.ConfigDict(dict(

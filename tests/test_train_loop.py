@@ -17,6 +17,7 @@ from ardiffusion_jax import config as config_lib
 from ardiffusion_jax.data import latents
 from ardiffusion_jax.errors import DataError, TrainingDiverged
 from ardiffusion_jax.train import dit as train_dit
+from ardiffusion_jax.train.checkpoint import Checkpointer
 from ardiffusion_jax.train.logging import read_metrics
 
 FRAMES = 8  # the smoke config
@@ -57,12 +58,8 @@ def _set_args(overrides):
 
 
 def _restore_params(workdir, step):
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   # Onto one local device, whatever topology wrote it (the multi-process run used two hosts).
-  fallback = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(fallback_sharding=fallback)))
-  return restored["state"]["params"]
+  return Checkpointer(os.path.join(workdir, "checkpoints")).restore_raw(step)["params"]
 
 
 def _assert_same_params(a, b, exact=True):
@@ -83,6 +80,7 @@ KILL_AFTER_STEP_3 = """
 import os, signal, sys
 from ardiffusion_jax import config as config_lib
 from ardiffusion_jax.train import dit as train_dit
+from ardiffusion_jax.train.checkpoint import Checkpointer
 
 def kill_after_3(step, state, metrics, checkpointer):
   if step == 3:

@@ -29,8 +29,8 @@ def decode_example(record: bytes) -> dict:
 
 
 def write_latent_shard(path, examples) -> int:
-  """Writes examples (dicts with 'latents' [F, L, D] float32 and 'label' int) to one
-  ArrayRecord file; returns how many. Written to a temporary name, then renamed, so a
+  """Writes examples (dicts with 'latents' [F, L, D] float32, 'label' int and any other
+  array fields, e.g. the source 'index') to one ArrayRecord file; returns how many. Written to a temporary name, then renamed, so a
   killed writer never leaves a truncated shard under the final name."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,8 +42,9 @@ def write_latent_shard(path, examples) -> int:
       latents = np.asarray(example["latents"], np.float32)
       if latents.ndim != 3:
         raise DataError(f"latents must be [F, L, D], got shape {latents.shape}")
-      writer.write(encode_example({"latents": latents,
-                                   "label": np.int32(example.get("label", 0))}))
+      record = {key: np.asarray(value) for key, value in example.items()}
+      record.update(latents=latents, label=np.int32(example.get("label", 0)))
+      writer.write(encode_example(record))
       count += 1
   finally:
     writer.close()

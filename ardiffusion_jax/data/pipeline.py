@@ -46,3 +46,27 @@ def global_batches(source, global_batch_size: int, seed: int, fields=None, proce
              .map(_LoadProcessSlice(source, process_index, process_count, fields)))
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
   return iter(dataset.to_iter_dataset(read))
+
+
+class ClipSource:
+  """Every run of `clip_frames` consecutive frames of every video in `videos`.
+
+  `videos[i]` must return a dict with a uint8 'video' [F, H, W, 3] (and optionally a
+  'label'). With clip_frames = 1 this is every frame of the dataset, the VAE's frame
+  stage; with clip_frames = F, one clip per video.
+  """
+
+  def __init__(self, videos, clip_frames: int, num_frames: int):
+    if not 1 <= clip_frames <= num_frames:
+      raise ConfigError("vae_train.clip_frames", f"must be in [1, {num_frames}], got {clip_frames}")
+    self.videos, self.clip_frames = videos, clip_frames
+    self.starts = num_frames - clip_frames + 1
+
+  def __len__(self) -> int:
+    return len(self.videos) * self.starts
+
+  def __getitem__(self, index):
+    video_index, start = divmod(int(index), self.starts)
+    example = self.videos[video_index]
+    return {"video": example["video"][start:start + self.clip_frames],
+            "label": np.int32(example.get("label", 0))}

@@ -40,12 +40,6 @@ VARIANTS = {
 }
 
 
-def l2_normalize(z, eps: float = 1e-12):
-  """Per-token L2 normalisation over the channel axis (F.normalize, eps 1e-12)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True))
-  return z / jnp.maximum(norm, eps)
-
-
 def legacy_moments(tokens, kernel, bias):
   """TiTok's legacy head: [N, L, W] reinterpreted (C order, no transpose) as [N, W, L],
   then a 1x1 conv over that "channel" axis. Returns moments as [N, L, C_out]."""
@@ -313,7 +307,7 @@ class ARVAE(nn.Module):
   def decode(self, latents):
     """latents [B, T, L, token_dim] (any norm) -> video [B, T, H, W, 3], unbounded."""
     batch, frames = latents.shape[:2]
-    logits = self.decoder(l2_normalize(latents))
+    logits = self.decoder(layers.l2_normalize(latents))
     soft_codes = self.pixel_quantize_conv(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
     grid = logits.shape[2]
     pixels = self.pixel_decoder(soft_codes.reshape(batch * frames, grid, grid, -1))
@@ -325,7 +319,7 @@ class ARVAE(nn.Module):
     mean, logvar = self.encode(video)
     z = mean
     if sample_posterior:
-      z = l2_normalize(mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape))
+      z = layers.l2_normalize(mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape))
     return self.decode(z), mean, logvar
 
 

@@ -85,6 +85,12 @@ def layer_norm(x, eps: float = 1e-6):
   return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
+def l2_normalize(z, eps: float = 1e-12):
+  """Per-token L2 normalisation over the last axis (PyTorch F.normalize, eps 1e-12)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True))
+  return z / jnp.maximum(norm, eps)
+
+
 def rope(x, positions, base: float = 10000.0):
   """Rotary embedding over the head dim of x [B, N, H, hd] at integer positions [B, N]."""
   half = x.shape[-1] // 2

@@ -6,6 +6,7 @@ once orbax has committed it, so a run killed mid-save resumes from the previous 
 
 import json
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from grain import checkpoint as grain_checkpoint
@@ -52,6 +53,15 @@ class Checkpointer:
       raise CheckpointError(f"checkpoint {self.directory / str(step)} does not match the "
                             f"model and optimizer in the config: {error}") from error
     return restored["state"], step
+
+  def restore_raw(self, step=None):
+    """The saved state tree as written, on one local device, without a target (for
+    reading another run's weights, whatever topology wrote them)."""
+    step = self.latest_step() if step is None else step
+    fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(fallback_sharding=fallback)))
+    return restored["state"]
 
   def wait(self):
     self.manager.wait_until_finished()

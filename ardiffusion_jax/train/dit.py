@@ -14,9 +14,10 @@ import numpy as np
 import optax
 
 from ardiffusion_jax import diffusion, timesteps
+from ardiffusion_jax import config as config_lib
 from ardiffusion_jax.data import latents, pipeline
 from ardiffusion_jax.errors import DataError
-from ardiffusion_jax.models import dit
+from ardiffusion_jax.models import dit, layers
 from ardiffusion_jax.train import loop, sharding
 from ardiffusion_jax.train import state as state_lib
 
@@ -49,7 +50,9 @@ def dit_loss(params, constants, model, batch, draws, diffusion_config, label_dro
 
   Returns (loss, loss per frame position [F]).
   """
-  latents, t, noise = batch["latents"], draws["t"], draws["noise"]
+  # Shards hold the encoder's raw mean; like the authors, normalise each token here.
+  latents = layers.l2_normalize(batch["latents"])
+  t, noise = draws["t"], draws["noise"]
   alphas = diffusion_constants(diffusion_config)
   x_t = diffusion.q_sample(latents, t, noise, alphas)
   label = batch.get("label")
@@ -136,6 +139,8 @@ def latent_source(config, model):
 
 def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResult:
   """`ardiff train`: trains the DiT on latent shards, resuming from `workdir`."""
+  devices = jax.devices() if devices is None else list(devices)
+  config_lib.validate(config, num_devices=len(devices))
   mesh = sharding.make_mesh(config.mesh, devices)
   model = dit.dit_from_config(config.dit)
   tx = state_lib.make_optimizer(config.train)

@@ -52,7 +52,7 @@ def update_ema(ema_params, params, decay):
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
-def _optimizer_shardings(tx, abstract_params, param_shardings, mesh):
+def optimizer_shardings(tx, abstract_params, param_shardings, mesh):
   """mu/nu take their parameter's sharding; counters and scalars are replicated."""
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   return optax.tree_map_params(
@@ -68,7 +68,7 @@ def state_shardings(model, tx, mesh, example_inputs):
   abstract_params = nn.meta.unbox(boxed)["params"]
   return TrainState(
       step=sharding.replicated(mesh), params=params, ema_params=params,
-      opt_state=_optimizer_shardings(tx, abstract_params, params, mesh),
+      opt_state=optimizer_shardings(tx, abstract_params, params, mesh),
       constants=variables.get("constants", {}), rng=sharding.replicated(mesh))
 
 
@@ -88,6 +88,19 @@ def _shapes(example_inputs):
   return [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in example_inputs]
 
 
+def init_sharded(init_fn, shardings, mesh, key):
+  """Runs `init_fn(key)` under jit so every leaf is created with its sharding."""
+  with sharding.mesh_context(mesh):
+    return jax.jit(init_fn, out_shardings=shardings)(key)
+
+
+def abstract_sharded(init_fn, shardings):
+  """ShapeDtypeStructs (with shardings) of what `init_fn(key)` returns; allocates nothing."""
+  abstract = jax.eval_shape(init_fn, jax.random.key(0))
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
 def create_train_state(model, tx, mesh, rng, example_inputs):
   """Initialises parameters, EMA and optimizer state already sharded on `mesh`.
 
@@ -97,9 +110,7 @@ def create_train_state(model, tx, mesh, rng, example_inputs):
   shapes = _shapes(example_inputs)
   shardings = state_shardings(model, tx, mesh, shapes)
   init_key, train_key = jax.random.split(rng)
-  with sharding.mesh_context(mesh):
-    state = jax.jit(_init_fn(model, tx, shapes, train_key), out_shardings=shardings)(init_key)
-  return state, shardings
+  return init_sharded(_init_fn(model, tx, shapes, train_key), shardings, mesh, init_key), shardings
 
 
 def abstract_train_state(model, tx, mesh, example_inputs):
@@ -109,7 +120,4 @@ def abstract_train_state(model, tx, mesh, example_inputs):
   """
   shapes = _shapes(example_inputs)
   shardings = state_shardings(model, tx, mesh, shapes)
-  key = jax.random.key(0)
-  abstract = jax.eval_shape(_init_fn(model, tx, shapes, key), key)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings), shardings
+  return abstract_sharded(_init_fn(model, tx, shapes, jax.random.key(0)), shardings), shardings

@@ -1,0 +1,245 @@
+"""AR-VAE training in the paper's three stages, on the shared loop (`train/loop.py`).
+
+Stage 1 (frames): L1 + perceptual reconstruction of single frames through the sampled,
+normalised latent. Stage 2: from `vae_train.disc_start` the PatchGAN joins; odd steps
+train the discriminator only and even steps the generator, whose adversarial term is
+weighted by the ratio of gradient norms at the decoder's last layer (spec §1.6-1.7).
+Stage 3 (`vae_causal`): the temporally causal decoder blocks are finetuned on clips,
+everything else frozen, starting from a stage-2 checkpoint.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from typing import Any
+
+from ardiffusion_jax import config as config_lib
+from ardiffusion_jax.data import pipeline
+from ardiffusion_jax.data.synthetic import BouncingShapes
+from ardiffusion_jax.errors import CheckpointError
+from ardiffusion_jax.models import ar_vae, discriminator
+from ardiffusion_jax.train import loop, sharding
+from ardiffusion_jax.train import state as state_lib
+from ardiffusion_jax.train.checkpoint import Checkpointer
+
+LAST_LAYER = ("pixel_decoder", "conv_out", "kernel")
+
+
+class VAEState(struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  disc_params: Any
+  disc_batch_stats: Any
+  disc_opt_state: Any
+  rng: jax.Array
+
+
+def trainable_mask(params, trainable: str):
+  """True for the leaves that train: all of them, or only the temporal blocks."""
+  def trains(path, _):
+    return trainable == "all" or any("temporal_" in str(getattr(k, "key", k)) for k in path)
+  return jax.tree_util.tree_map_with_path(trains, params)
+
+
+def make_optimizers(train_config, params_shape):
+  """AdamW for the generator (clipped) and the discriminator (not clipped, as the
+  authors do). Frozen generator leaves get zero gradients and no weight decay, so they
+  stay bit-identical (one optimizer state shape for every stage)."""
+  mask = trainable_mask(params_shape, train_config.trainable)
+  freeze = optax.stateless(lambda updates, params=None: jax.tree.map(
+      lambda u, trains: u if trains else jnp.zeros_like(u), updates, mask))
+  generator = optax.chain(
+      freeze, optax.clip_by_global_norm(train_config.grad_clip),
+      optax.adamw(train_config.lr, b1=train_config.b1, b2=train_config.b2,
+                  weight_decay=train_config.weight_decay, mask=mask))
+  disc = optax.adamw(train_config.disc_lr, b1=train_config.b1, b2=train_config.b2,
+                     weight_decay=train_config.weight_decay)
+  return generator, disc
+
+
+def _last_layer(tree):
+  for key in LAST_LAYER:
+    tree = tree[key]
+  return tree
+
+
+def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=None):
+  """The pure VAE step `(state, batch) -> (state, metrics)`; batch['video'] is uint8
+  [B, T, H, W, 3]."""
+  disc_start = train_config.disc_start
+
+  def reconstruct(params, video, key):
+    return model.apply({"params": params}, video, sample_posterior=True, rng=key)[0]
+
+  def nll_loss(params, video, key):
+    recon = reconstruct(params, video, key)
+    l1 = jnp.mean(jnp.abs(video - recon))
+    perceptual = jnp.zeros(())
+    if perceptual_fn is not None:
+      flat = lambda v: v.reshape((-1,) + v.shape[2:])
+      perceptual = jnp.mean(perceptual_fn(flat(video), flat(recon)))
+    return l1 + train_config.perceptual_weight * perceptual, (recon, l1, perceptual)
+
+  def discriminate(disc_params, batch_stats, images):
+    logits, updates = disc_model.apply({"params": disc_params, "batch_stats": batch_stats},
+                                       images.reshape((-1,) + images.shape[2:]),
+                                       mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+
+  def generator_step(state, video, key, with_gan):
+    (nll, (recon, l1, perceptual)), grads = jax.value_and_grad(nll_loss, has_aux=True)(
+        state.params, video, key)
+    metrics = {"loss": nll, "l1": l1, "perceptual": perceptual,
+               "psnr": -10.0 * jnp.log10(jnp.mean(jnp.square(video - jnp.clip(recon, 0, 1)))),
+               "g_loss": jnp.zeros(()), "d_loss": jnp.zeros(()), "d_weight": jnp.zeros(())}
+    if with_gan:
+      def gan_loss(params):
+        logits, _ = discriminate(state.disc_params, state.disc_batch_stats,
+                                 reconstruct(params, video, key))
+        return discriminator.generator_adversarial_loss(logits)
+      g_loss, gan_grads = jax.value_and_grad(gan_loss)(state.params)
+      weight = train_config.disc_weight * discriminator.adaptive_weight(
+          _last_layer(grads), _last_layer(gan_grads))
+      grads = jax.tree.map(lambda a, b: a + weight * b, grads, gan_grads)
+      metrics.update(g_loss=g_loss, d_weight=weight)
+    updates, opt_state = g_tx.update(grads, state.opt_state, state.params)
+    return state.replace(params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state), metrics
+
+  def discriminator_step(state, video, key):
+    recon = jax.lax.stop_gradient(reconstruct(state.params, video, key))
+
+    def d_loss_fn(disc_params):
+      real, stats = discriminate(disc_params, state.disc_batch_stats, video)
+      fake, stats = discriminate(disc_params, stats, recon)
+      return discriminator.hinge_discriminator_loss(real, fake), stats
+
+    (d_loss, stats), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.disc_params)
+    updates, disc_opt_state = d_tx.update(grads, state.disc_opt_state, state.disc_params)
+    l1 = jnp.mean(jnp.abs(video - recon))
+    metrics = {"loss": l1, "l1": l1, "perceptual": jnp.zeros(()),
+               "psnr": -10.0 * jnp.log10(jnp.mean(jnp.square(video - jnp.clip(recon, 0, 1)))),
+               "g_loss": jnp.zeros(()), "d_loss": d_loss, "d_weight": jnp.zeros(())}
+    return state.replace(disc_params=optax.apply_updates(state.disc_params, updates),
+                         disc_batch_stats=stats, disc_opt_state=disc_opt_state), metrics
+
+  def step(state, batch):
+    video = batch["video"].astype(jnp.float32) / 255.0
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if disc_start < 0:
+      new_state, metrics = generator_step(state, video, key, with_gan=False)
+    else:
+      gan_on = state.step >= disc_start
+      branch = jnp.where(gan_on, 1 + (state.step % 2 == 1), 0)  # 0 plain G, 1 G+GAN, 2 D
+      new_state, metrics = jax.lax.switch(branch, [
+          lambda s: generator_step(s, video, key, with_gan=False),
+          lambda s: generator_step(s, video, key, with_gan=True),
+          lambda s: discriminator_step(s, video, key)], state)
+    return new_state.replace(step=state.step + 1), metrics
+
+  return step
+
+
+def _models(config):
+  model = ar_vae.vae_from_config(config.vae)
+  disc_model = discriminator.PatchDiscriminator()
+  return model, disc_model
+
+
+def vae_state_init(model, disc_model, g_tx, d_tx, config):
+  """key -> VAEState (for jit or eval_shape) and a function giving its shardings."""
+  train_config = config.vae_train
+  frames = train_config.clip_frames
+  size = model.image_size
+  video = jnp.zeros((1, frames, size, size, 3), jnp.float32)
+
+  def init(key):
+    key_g, key_d, key_train = jax.random.split(key, 3)
+    params = nn.meta.unbox(model.init(key_g, video))["params"]
+    disc_vars = nn.meta.unbox(disc_model.init(key_d, video[:, 0]))
+    return VAEState(step=jnp.zeros((), jnp.int32), params=params, opt_state=g_tx.init(params),
+                    disc_params=disc_vars["params"], disc_batch_stats=disc_vars["batch_stats"],
+                    disc_opt_state=d_tx.init(disc_vars["params"]),
+                    rng=jax.random.key_data(key_train))
+
+  def shardings(mesh):
+    boxed_g = jax.eval_shape(model.init, jax.random.key(0), video)
+    boxed_d = jax.eval_shape(disc_model.init, jax.random.key(0), video[:, 0])
+    g = sharding.logical_shardings(boxed_g, mesh)["params"]
+    d = sharding.logical_shardings(boxed_d, mesh)
+    replicated = sharding.replicated(mesh)
+    return VAEState(
+        step=replicated, params=g,
+        opt_state=state_lib.optimizer_shardings(g_tx, nn.meta.unbox(boxed_g)["params"], g, mesh),
+        disc_params=d["params"], disc_batch_stats=d["batch_stats"],
+        disc_opt_state=state_lib.optimizer_shardings(d_tx, nn.meta.unbox(boxed_d)["params"],
+                                                     d["params"], mesh),
+        rng=replicated)
+
+  return init, shardings
+
+
+def video_source(config):
+  """The clips the VAE trains on: the synthetic dataset cut into `clip_frames` runs."""
+  videos = BouncingShapes.from_config(config.data)
+  return pipeline.ClipSource(videos, config.vae_train.clip_frames, config.data.num_frames)
+
+
+def _warm_start(state, init_from):
+  """Copies generator params from another run's newest checkpoint (stage 3 from stage 2);
+  parameters missing there (the temporal blocks) keep their fresh initialisation."""
+  checkpointer = Checkpointer(init_from)
+  if checkpointer.latest_step() is None:
+    raise CheckpointError(f"vae_train.init_from={init_from!r} holds no checkpoint")
+  source = checkpointer.restore_raw()["params"]
+  checkpointer.close()
+
+  def pick(path, fresh):
+    node = source
+    for key in path:
+      name = getattr(key, "key", key)
+      if not isinstance(node, dict) or name not in node:
+        return fresh
+      node = node[name]
+    if tuple(node.shape) != tuple(fresh.shape):
+      raise CheckpointError(f"{jax.tree_util.keystr(path)}: shape {tuple(node.shape)} in "
+                            f"{init_from}, model expects {tuple(fresh.shape)}")
+    return jax.device_put(jnp.asarray(node, fresh.dtype), fresh.sharding)
+
+  return state.replace(params=jax.tree_util.tree_map_with_path(pick, state.params))
+
+
+def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResult:
+  """`ardiff train-vae`: trains the AR-VAE stage the config describes."""
+  train_config = config.vae_train
+  devices = jax.devices() if devices is None else list(devices)
+  config_lib.validate(config, num_devices=len(devices))
+  mesh = sharding.make_mesh(config.mesh, devices)
+  model, disc_model = _models(config)
+  size = model.image_size
+  params_shape = jax.eval_shape(
+      lambda: nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, train_config.clip_frames,
+                                                                     size, size, 3))))["params"])
+  g_tx, d_tx = make_optimizers(train_config, params_shape)
+  init, shardings_of = vae_state_init(model, disc_model, g_tx, d_tx, config)
+  shardings = shardings_of(mesh)
+  abstract = state_lib.abstract_sharded(init, shardings)
+
+  def init_state():
+    state = state_lib.init_sharded(init, shardings, mesh, jax.random.key(config.seed))
+    return _warm_start(state, train_config.init_from) if train_config.init_from else state
+
+  step_fn = jax.jit(make_vae_step(model, disc_model, g_tx, d_tx, train_config),
+                    in_shardings=(shardings, None),
+                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  data_iterator = pipeline.global_batches(video_source(config), train_config.batch_size,
+                                          seed=config.seed, fields=("video",))
+  settings = loop.LoopSettings(total_steps=train_config.steps, log_every=train_config.log_every,
+                               checkpoint_every=train_config.checkpoint_every,
+                               keep_checkpoints=train_config.keep_checkpoints)
+  return loop.run(workdir=workdir, mesh=mesh, init_state=init_state, abstract_state=abstract,
+                  step_fn=step_fn, data_iterator=data_iterator, settings=settings, config=config,
+                  hooks=hooks, desc="train AR-VAE", logdir=logdir)
