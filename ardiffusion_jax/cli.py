@@ -23,6 +23,13 @@ def _add_config(parser, default=DEFAULT_CONFIG):
                       metavar="FIELD=VALUE", help="override a config field, e.g. data.num_frames=8")
 
 
+def _add_run_folders(parser):
+  parser.add_argument("--workdir", required=True,
+                      help="run folder for checkpoints (a local path or gs://...)")
+  parser.add_argument("--logdir", help="local folder for metrics.jsonl and TensorBoard "
+                                       "(default: the workdir)")
+
+
 def _add_distributed(parser):
   group = parser.add_argument_group("multi-process (jax.distributed)")
   group.add_argument("--distributed", action="store_true",
@@ -70,10 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "config's mesh. Checkpoints go to WORKDIR/checkpoints and a run restarted "
                   "with the same WORKDIR resumes from the last one; SIGTERM saves and stops.")
   _add_config(train)
-  train.add_argument("--workdir", required=True,
-                     help="run folder for checkpoints (a local path or gs://...)")
-  train.add_argument("--logdir", help="local folder for metrics.jsonl and TensorBoard "
-                                      "(default: the workdir)")
+  _add_run_folders(train)
   _add_distributed(train)
 
   train_vae = commands.add_parser(
@@ -84,8 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "causal decoder on clips from vae_train.init_from. Same checkpointing, "
                   "resume and logging as `ardiff train`.")
   _add_config(train_vae, default="configs/synthetic.py:vae")
-  train_vae.add_argument("--workdir", required=True, help="run folder for checkpoints")
-  train_vae.add_argument("--logdir", help="local folder for metrics (default: the workdir)")
+  _add_run_folders(train_vae)
   _add_distributed(train_vae)
 
   extract = commands.add_parser(

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ardiffusion_jax.models import layers
+from ardiffusion_jax.models import layers, module_from_config
 
 PRESETS = {
     # ViT width, depth, heads; pixel decoder hidden and channel multipliers.
@@ -325,13 +325,4 @@ class ARVAE(nn.Module):
 
 def vae_from_config(vae_config) -> ARVAE:
   """Builds the AR-VAE from a config's `vae` section: `variant`, `size` and overrides."""
-  fields = dict(VARIANTS[vae_config.variant])
-  fields.update(PRESETS[vae_config.size])
-  for name in ARVAE.__dataclass_fields__:
-    if name in vae_config and name not in ("parent", "name"):
-      fields[name] = vae_config[name]
-  if isinstance(fields.get("dtype"), str):
-    fields["dtype"] = jnp.dtype(fields["dtype"])
-  if "channel_mult" in fields:
-    fields["channel_mult"] = tuple(fields["channel_mult"])
-  return ARVAE(**fields)
+  return module_from_config(ARVAE, VARIANTS, PRESETS, vae_config)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiffusion_jax.models import layers
+from ardiffusion_jax.models import layers, module_from_config
 
 # Sizes (hidden, depth, heads); the paper's is 1152 / 28 / 16 with MLP ratio 4.
 PRESETS = {
@@ -214,13 +214,6 @@ class DiT(nn.Module):
     return out.astype(jnp.float32)
 
 
-def dit_from_config(model_config) -> DiT:
+def dit_from_config(dit_config) -> DiT:
   """Builds the DiT from a config's `dit` section: `variant`, `size` and any overrides."""
-  fields = dict(VARIANTS[model_config.variant])
-  fields.update(PRESETS[model_config.size])
-  for name in DiT.__dataclass_fields__:
-    if name in model_config and name not in ("parent", "name"):
-      fields[name] = model_config[name]
-  if isinstance(fields.get("dtype"), str):
-    fields["dtype"] = jnp.dtype(fields["dtype"])
-  return DiT(**fields)
+  return module_from_config(DiT, VARIANTS, PRESETS, dit_config)
