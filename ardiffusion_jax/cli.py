@@ -12,7 +12,6 @@ DEFAULT_CONFIG = "configs/synthetic.py:default"
 PENDING = {
     "sample": "the AD sampler (issue 5)",
     "eval": "FVD / FID / physics evaluation (issue 7)",
-    "convert": "checkpoint conversion and export (issue 6)",
 }
 
 
@@ -104,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
   extract.add_argument("--batch-size", type=int, default=8, help="clips per encoder call")
   _add_distributed(extract)
 
+  convert = commands.add_parser(
+      "convert", help="convert weights between PyTorch files and ours",
+      description="Convert weights. `lpips` writes the perceptual loss's .npz from "
+                  "torchvision's VGG-16 and the LPIPS v0.1 heads. The official DiT/VAE, "
+                  "TiTok-init and portable conversions arrive with issue 6.")
+  kinds = convert.add_subparsers(dest="kind", required=True, metavar="KIND")
+  lpips_parser = kinds.add_parser("lpips", help="VGG-16 + LPIPS heads -> .npz",
+                                  description="Reads .pth (needs torch), .safetensors or .npz.")
+  lpips_parser.add_argument("--vgg", required=True, help="torchvision vgg16-397923af.pth")
+  lpips_parser.add_argument("--lin", required=True, help="LPIPS v0.1 vgg.pth (lin0..lin4)")
+  lpips_parser.add_argument("--out", required=True, help="output .npz")
+  for kind in ("official-dit", "official-vae", "titok-init", "portable"):
+    pending = kinds.add_parser(kind, help="not available yet (issue 6)")
+    pending.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
   plan = commands.add_parser(
       "plan", help="AOT-compile the train step on N devices and print per-device memory",
       description="Compile the real DiT train step from abstract inputs (nothing is "
@@ -121,7 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
   descriptions = {
       "sample": "Generate videos with the AD scheduler (any length, continuation, CFG).",
       "eval": "Score samples with FVD, FID and the synthetic physics score.",
-      "convert": "Import the authors' PyTorch checkpoints or TiTok weights; read portable exports.",
   }
   for name, description in descriptions.items():
     sub = commands.add_parser(name, help=description.split(";")[0].rstrip("."),
@@ -166,6 +179,15 @@ def main(argv=None) -> int:
       result = run_extract(config, ckpt, args.out, args.shard_size, args.batch_size)
       print(f"ardiff extract: {result['clips_written']} clips written, "
             f"{result['skipped']} of {result['shards']} shards already done; see {args.out}")
+      return 0
+    if args.command == "convert":
+      if args.kind != "lpips":
+        print(f"ardiff convert {args.kind}: not available yet; it arrives with issue 6.",
+              file=sys.stderr)
+        return 2
+      from ardiffusion_jax.convert.lpips import convert_lpips
+      convert_lpips(args.vgg, args.lin, args.out)
+      print(f"ardiff convert lpips: wrote {args.out}")
       return 0
     if args.command == "plan":
       return _plan(args)

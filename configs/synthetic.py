@@ -75,6 +75,7 @@ def get_config(arg=None):
       disc_weight=0.1,
       perceptual_weight=1.0,
       lpips_weights="",  # LPIPS + VGG-16 .npz (ardiff convert lpips); empty: no perceptual loss
+      lpips_rescale_inputs=True,  # [0,1] -> [-1,1]; the authors skip this
       trainable="temporal" if causal else "all",
       init_from="",  # stage 3 starts from a stage-2 run's checkpoints folder
       log_every=1 if smoke else 50,

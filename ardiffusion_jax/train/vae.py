@@ -8,18 +8,20 @@ Stage 3 (`vae_causal`): the temporally causal decoder blocks are finetuned on cl
 everything else frozen, starting from a stage-2 checkpoint.
 """
 
+import warnings
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from typing import Any
 
 from ardiffusion_jax import config as config_lib
 from ardiffusion_jax.data import pipeline
 from ardiffusion_jax.data.synthetic import BouncingShapes
 from ardiffusion_jax.errors import CheckpointError
-from ardiffusion_jax.models import ar_vae, discriminator
+from ardiffusion_jax.models import ar_vae, discriminator, lpips
 from ardiffusion_jax.train import loop, sharding
 from ardiffusion_jax.train import state as state_lib
 from ardiffusion_jax.train.checkpoint import Checkpointer
@@ -143,6 +145,21 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
   return step
 
 
+def perceptual_loss_fn(train_config):
+  """LPIPS as a function of two image batches in [0, 1], or None (with a warning) when
+  no weights are configured."""
+  if train_config.perceptual_weight == 0:
+    return None
+  if not train_config.lpips_weights:
+    warnings.warn("the perceptual loss is off: set vae_train.lpips_weights to the .npz from "
+                  "`ardiff convert lpips` (torchvision VGG-16 + LPIPS v0.1 heads); training "
+                  "uses L1 (and the GAN) only", stacklevel=2)
+    return None
+  params = lpips.load_lpips_params(train_config.lpips_weights)
+  module = lpips.LPIPS(rescale_inputs=train_config.lpips_rescale_inputs)
+  return lambda images, other: module.apply({"params": params}, images, other)
+
+
 def _models(config):
   model = ar_vae.vae_from_config(config.vae)
   disc_model = discriminator.PatchDiscriminator()
@@ -232,7 +249,8 @@ def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResu
     state = state_lib.init_sharded(init, shardings, mesh, jax.random.key(config.seed))
     return _warm_start(state, train_config.init_from) if train_config.init_from else state
 
-  step_fn = jax.jit(make_vae_step(model, disc_model, g_tx, d_tx, train_config),
+  step_fn = jax.jit(make_vae_step(model, disc_model, g_tx, d_tx, train_config,
+                                  perceptual_loss_fn(train_config)),
                     in_shardings=(shardings, None),
                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   data_iterator = pipeline.global_batches(video_source(config), train_config.batch_size,
