@@ -166,7 +166,69 @@ def bench_train_step(argv):
   return _write(args.out, result)
 
 
-BENCHMARKS = {"timesteps": bench_timesteps, "train_step": bench_train_step}
+def bench_vae(argv):
+  """Trains the tiny demo AR-VAE for a time budget, then scores held-out clips (PSNR)."""
+  import os
+  import signal
+  import tempfile
+
+  import jax.numpy as jnp
+
+  from ardiffusion_jax import config as config_lib
+  from ardiffusion_jax.data.synthetic import BouncingShapes
+  from ardiffusion_jax.models import ar_vae
+  from ardiffusion_jax.train import vae as train_vae
+  from ardiffusion_jax.train.logging import read_metrics
+
+  parser = argparse.ArgumentParser(prog="bench vae")
+  parser.add_argument("--config", default="configs/synthetic.py:vae")
+  parser.add_argument("--minutes", type=float, default=10.0, help="training budget")
+  parser.add_argument("--held-out", type=int, default=32, help="held-out clips to score")
+  parser.add_argument("--set", dest="overrides", action="append", default=[])
+  parser.add_argument("--workdir", help="keep the run here (default: a temporary folder)")
+  parser.add_argument("--out", default="bench_results/vae.json")
+  args = parser.parse_args(argv)
+  config = config_lib.load_config(args.config, ["vae_train.steps=1000000",
+                                                "vae_train.checkpoint_every=1000000",
+                                                *args.overrides])
+  workdir = args.workdir or tempfile.mkdtemp(prefix="bench_vae_")
+  start = time.perf_counter()
+
+  def stop_at_budget(step, state, metrics, checkpointer):
+    if time.perf_counter() - start > 60 * args.minutes:
+      os.kill(os.getpid(), signal.SIGTERM)  # the loop saves and stops
+
+  result = train_vae.train(config, workdir, hooks=[stop_at_budget])
+  train_seconds = time.perf_counter() - start
+  model = ar_vae.vae_from_config(config.vae)
+  params = jax.device_get(result.state.params)
+  held_out = BouncingShapes.from_config(config.data, seed=config.data.seed + 1000,
+                                        num_videos=args.held_out)
+  reconstruct = jax.jit(lambda video: model.apply({"params": params}, video)[0])
+  errors = []
+  for i in range(len(held_out)):
+    video = jnp.asarray(held_out[i]["video"][None], jnp.float32) / 255.0
+    errors.append(float(jnp.mean(jnp.square(jnp.clip(reconstruct(video), 0, 1) - video))))
+  psnr = float(-10 * np.log10(np.mean(errors)))
+  records = read_metrics(workdir)
+  output = {
+      "benchmark": "vae", "config": args.config, "steps": result.step,
+      "train_minutes": train_seconds / 60, "s_per_step": train_seconds / max(result.step, 1),
+      "held_out_clips": len(held_out), "held_out_psnr_db": psnr,
+      "train_psnr_db_last": records[-1]["psnr"] if records else None,
+      "batch": config.vae_train.batch_size, "resolution": config.data.resolution,
+      "backend": jax.default_backend(), "jax": jax.__version__,
+  }
+  _print_table(["metric", "value"], [
+      ["training", f"{result.step} steps in {train_seconds / 60:.1f} min, batch "
+                   f"{config.vae_train.batch_size} frames at {config.data.resolution}px"],
+      ["held-out PSNR", f"{psnr:.2f} dB over {len(held_out)} clips x {config.data.num_frames} frames"],
+      ["target", ">= 25 dB"],
+  ])
+  return _write(args.out, output)
+
+
+BENCHMARKS = {"timesteps": bench_timesteps, "train_step": bench_train_step, "vae": bench_vae}
 
 
 def _print_table(header, rows):

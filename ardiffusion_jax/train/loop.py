@@ -120,12 +120,15 @@ def run(*, workdir, mesh, init_state: Callable[[], Any], abstract_state, step_fn
           metrics["steps_per_s"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
           last_log_time, last_log_step = now, step
           writer.write(step, metrics)
-        stopped_early = stop.any_process() and not done
-        if step % settings.checkpoint_every == 0 or done or stopped_early:
+        periodic = step % settings.checkpoint_every == 0 or done
+        if periodic:
           checkpointer.save(step, state, data_iterator, config, force=True)
         for hook in hooks:
           hook(step, state, metrics, checkpointer)
+        stopped_early = stop.any_process() and not done
         if stopped_early:
+          if not periodic:
+            checkpointer.save(step, state, data_iterator, config, force=True)
           break
   finally:
     progress.close()
