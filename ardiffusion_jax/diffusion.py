@@ -39,7 +39,7 @@ def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
   return np.cumprod(1.0 - np.asarray(betas, np.float64))
 
 
-def _per_frame(coef, t, ndim: int):
+def per_frame(coef, t, ndim: int):
   """Gathers coef[t] for t [B, F] and appends singleton axes up to `ndim`."""
   values = jnp.asarray(coef, jnp.float32)[t]
   return values.reshape(values.shape + (1,) * (ndim - values.ndim))
@@ -47,12 +47,12 @@ def _per_frame(coef, t, ndim: int):
 
 def q_sample(x0, t, noise, alphas_cumprod):
   """x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε with t [B, F] and x0 [B, F, ...]."""
-  a = _per_frame(alphas_cumprod, t, x0.ndim)
+  a = per_frame(alphas_cumprod, t, x0.ndim)
   return jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
 
 
 # Conversions between the three parameterisations. `alpha` is ᾱ_t already broadcast to
-# the shape of x_t (use `_per_frame` or pass a scalar).
+# the shape of x_t (use `per_frame` or pass a scalar).
 def eps_from_x0(x_t, x0, alpha):
   return (x_t - jnp.sqrt(alpha) * x0) / jnp.sqrt(1.0 - alpha)
 

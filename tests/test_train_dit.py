@@ -1,6 +1,5 @@
 """The DiT train step: sharded over 8 fake devices it matches one device; it learns."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,6 +1,5 @@
 """The DiT training loop: latent shards, resume after SIGKILL, SIGTERM, NaN guard, multi-host."""
 
-import json
 import os
 import signal
 import socket

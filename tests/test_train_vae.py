@@ -111,3 +111,9 @@ def test_extraction_round_trip_and_exactly_once_after_restart(tmp_path):
                            method=ar_vae.ARVAE.decode)
   np.testing.assert_allclose(from_shard, direct, rtol=1e-5, atol=1e-5)
   assert int(example["label"]) == int(source[int(example["index"])]["label"])
+
+
+def test_phase_schedule_matches_the_authors_alternation():
+  phases = [train_vae.phase_of(step, disc_start=4) for step in range(8)]
+  assert phases == ["generator"] * 4 + ["generator_gan", "discriminator"] * 2
+  assert {train_vae.phase_of(step, disc_start=-1) for step in range(10)} == {"generator"}

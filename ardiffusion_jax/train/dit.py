@@ -60,7 +60,7 @@ def dit_loss(params, constants, model, batch, draws, diffusion_config, label_dro
     # Classifier-free guidance training: swap labels for the null label at random.
     label = jnp.where(draws["drop"] < label_dropout, model.null_label, label)
   prediction = model.apply({"params": params, "constants": constants}, x_t, t, label)
-  alpha = diffusion._per_frame(alphas, t, latents.ndim)
+  alpha = diffusion.per_frame(alphas, t, latents.ndim)
   target = diffusion.training_target(latents, noise, alpha, diffusion_config.parameterization)
   per_example_frame = jnp.mean(jnp.square(prediction - target), axis=(2, 3))  # [B, F]
   return per_example_frame.mean(), per_example_frame.mean(0)
