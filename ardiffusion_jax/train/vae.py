@@ -95,14 +95,13 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
   def reconstruct(params, video, key):
     return model.apply({"params": params}, video, sample_posterior=True, rng=key)[0]
 
-  def nll_loss(params, video, key):
-    recon = reconstruct(params, video, key)
+  def nll_of(video, recon):
     l1 = jnp.mean(jnp.abs(video - recon))
     perceptual = jnp.zeros(())
     if perceptual_fn is not None:
       flat = lambda v: v.reshape((-1,) + v.shape[2:])
       perceptual = jnp.mean(perceptual_fn(flat(video), flat(recon)))
-    return l1 + train_config.perceptual_weight * perceptual, (recon, l1, perceptual)
+    return l1 + train_config.perceptual_weight * perceptual, l1, perceptual
 
   def discriminate(disc_params, batch_stats, images):
     logits, updates = disc_model.apply({"params": disc_params, "batch_stats": batch_stats},
@@ -111,15 +110,21 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
     return logits, updates["batch_stats"]
 
   def generator_step(state, video, key, with_gan):
-    (nll, (recon, l1, perceptual)), grads = jax.value_and_grad(nll_loss, has_aux=True)(
-        state.params, video, key)
+    def losses(params):  # one forward pass for both the reconstruction and the GAN term
+      recon = reconstruct(params, video, key)
+      nll, l1, perceptual = nll_of(video, recon)
+      g_loss = jnp.zeros(())
+      if with_gan:
+        logits, _ = discriminate(state.disc_params, state.disc_batch_stats, recon)
+        g_loss = discriminator.generator_adversarial_loss(logits)
+      return (nll, g_loss), (recon, l1, perceptual)
+
+    (nll, g_loss), backward, (recon, l1, perceptual) = jax.vjp(losses, state.params,
+                                                                has_aux=True)
+    (grads,) = backward((jnp.ones(()), jnp.zeros(())))
     metrics = _metrics(video, recon, loss=nll, l1=l1, perceptual=perceptual)
     if with_gan:
-      def gan_loss(params):
-        logits, _ = discriminate(state.disc_params, state.disc_batch_stats,
-                                 reconstruct(params, video, key))
-        return discriminator.generator_adversarial_loss(logits)
-      g_loss, gan_grads = jax.value_and_grad(gan_loss)(state.params)
+      (gan_grads,) = backward((jnp.zeros(()), jnp.ones(())))
       weight = train_config.disc_weight * discriminator.adaptive_weight(
           _last_layer(grads), _last_layer(gan_grads))
       grads = jax.tree.map(lambda a, b: a + weight * b, grads, gan_grads)
