@@ -154,7 +154,7 @@ def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResu
       keep_checkpoints=config.train.keep_checkpoints)
   return loop.run(
       workdir=workdir, mesh=mesh, abstract_state=abstract_state,
-      init_state=lambda: state_lib.create_train_state(model, tx, mesh,
-                                                      jax.random.key(config.seed), example)[0],
+      init_state=lambda: state_lib.create_train_state(
+          model, tx, mesh, jax.random.key(config.seed), example, shardings)[0],
       step_fn=jit_train_step(model, tx, config, shardings, mesh), data_iterator=data_iterator,
       settings=settings, config=config, hooks=hooks, desc="train DiT", logdir=logdir)

@@ -101,14 +101,15 @@ def abstract_sharded(init_fn, shardings):
                       abstract, shardings)
 
 
-def create_train_state(model, tx, mesh, rng, example_inputs):
+def create_train_state(model, tx, mesh, rng, example_inputs, shardings=None):
   """Initialises parameters, EMA and optimizer state already sharded on `mesh`.
 
-  `example_inputs` are arrays or ShapeDtypeStructs for `model.init` after the key.
+  `example_inputs` are arrays or ShapeDtypeStructs for `model.init` after the key;
+  `shardings` (from `abstract_train_state`) saves deriving them again.
   Returns (state, shardings).
   """
   shapes = _shapes(example_inputs)
-  shardings = state_shardings(model, tx, mesh, shapes)
+  shardings = shardings or state_shardings(model, tx, mesh, shapes)
   init_key, train_key = jax.random.split(rng)
   return init_sharded(_init_fn(model, tx, shapes, train_key), shardings, mesh, init_key), shardings
 
