@@ -14,10 +14,12 @@ flag so ablations can isolate it (design §2):
 | class conditioning | fixed `class_emb` rows as context | trained embedding + null row, added to t |
 
 Strict causality: with context_tokens = 0 (or context_sees_video = False), the output
-of frame f depends only on frames <= f, their timesteps and the label.
+of frame f depends only on frames <= f, their timesteps and the label. Such a model can
+also run on a window of frames with the keys and values of earlier frames from a
+`KVCache` (the AD sampler's cached mode, `sampling.py`).
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -39,6 +41,19 @@ VARIANTS = {
     "clean": dict(residual="adaln_zero", context_tokens=0, context_sees_video=False,
                   position="rope", final_modulation=True),
 }
+
+
+# The frame index of an empty cache slot: later than any query, so never attended.
+EMPTY_SLOT = 2**30
+
+
+class KVCache(NamedTuple):
+  """Keys and values of earlier frames for every layer: keys and values are
+  [depth, B, slots·L, H, head_dim] (RoPE applied), `frames` [slots] the absolute frame
+  held by each slot (EMPTY_SLOT when none)."""
+  keys: jax.Array
+  values: jax.Array
+  frames: jax.Array
 
 
 class TimestepEmbedder(nn.Module):
@@ -65,7 +80,8 @@ class Block(nn.Module):
 
   x: [B, C + F·L, D] (C context tokens first); cond: [B, F, D]. `share_norm` follows the
   authors (spec §2.3.2): the stream is replaced by LN(x) before each branch, and the
-  context tokens are neither modulated nor gated.
+  context tokens are neither modulated nor gated. Returns (x, kv): kv is None, or with a
+  `kv_cache` this layer's (keys, values) of the video tokens.
   """
   num_heads: int
   mlp_ratio: float
@@ -73,10 +89,9 @@ class Block(nn.Module):
   context_tokens: int
   use_rope: bool
   dtype: Any = jnp.float32
-  scanned: bool = False  # return (carry, None) as nn.scan expects
 
   @nn.compact
-  def __call__(self, x, cond, mask, positions):
+  def __call__(self, x, cond, mask, positions, kv_cache=None):
     batch, _, width = x.shape
     frames = cond.shape[1]
     mod = layers.dense((6, width), ("embed", None, "mlp"), "adaLN_modulation",
@@ -93,22 +108,31 @@ class Block(nn.Module):
     attention = layers.Attention(self.num_heads, use_rope=self.use_rope, dtype=self.dtype,
                                  name="attn")
     mlp = layers.Mlp(int(width * self.mlp_ratio), dtype=self.dtype, name="mlp")
+    kv = None
+
+    def attend(h):
+      nonlocal kv
+      if kv_cache is None:
+        return attention(h, mask, positions)
+      out, (k, v) = attention(h, mask, positions, kv_cache)
+      kv = (k[:, c:], v[:, c:])
+      return out
+
     if self.residual == "share_norm":
       x = layers.layer_norm(x)
-      x = x + per_frame(lambda v, g: v * g, attention(per_frame(modulate, x, shift_msa, scale_msa),
-                                                      mask, positions), gate_msa)
+      x = x + per_frame(lambda v, g: v * g, attend(per_frame(modulate, x, shift_msa, scale_msa)),
+                        gate_msa)
       x = layers.layer_norm(x)
       x = x + per_frame(lambda v, g: v * g, mlp(per_frame(modulate, x, shift_mlp, scale_mlp)),
                         gate_mlp)
     elif self.residual == "adaln_zero":
       h = per_frame(modulate, layers.layer_norm(x), shift_msa, scale_msa)
-      x = x + per_frame(lambda v, g: v * g, attention(h, mask, positions), gate_msa)
+      x = x + per_frame(lambda v, g: v * g, attend(h), gate_msa)
       h = per_frame(modulate, layers.layer_norm(x), shift_mlp, scale_mlp)
       x = x + per_frame(lambda v, g: v * g, mlp(h), gate_mlp)
     else:
       raise ValueError(f"unknown residual {self.residual!r}; expected share_norm or adaln_zero")
-    x = layers.constrain(x, ("act_batch", "act_length", "act_embed"))
-    return (x, None) if self.scanned else x
+    return layers.constrain(x, ("act_batch", "act_length", "act_embed")), kv
 
 
 class DiT(nn.Module):
@@ -147,19 +171,37 @@ class DiT(nn.Module):
                           lambda: 0.1 * jax.random.normal(self.make_rng("params"), shape)).value
     return jnp.broadcast_to(table, (batch,) + shape)
 
+  @property
+  def strictly_causal(self) -> bool:
+    """No token ever sees a later frame (what the cached sampler needs)."""
+    return not (self.context_tokens and self.context_sees_video)
+
   @nn.compact
-  def __call__(self, x, t, label=None):
+  def __call__(self, x, t, label=None, *, first_frame=0, cache=None, attention_window=None):
+    """x [B, F, L, C], t [B, F], label [B] or None -> prediction [B, F, L, C].
+
+    first_frame: the absolute index of x's first frame (positions and masks), an int or
+      a traced scalar. cache: a `KVCache` of earlier frames; then the call returns
+      (prediction, (keys, values)) with this call's keys and values [depth, B, F·L, H, hd].
+    attention_window: a frame sees only itself and the attention_window - 1 frames
+      before it (None: every earlier frame).
+    """
     batch, frames, tokens, channels = x.shape
     width = self.hidden_size
     if label is None:
       label = jnp.full((batch,), self.null_label, jnp.int32)
+    if cache is not None and not self.strictly_causal:
+      raise ValueError("a KV cache needs a strictly causal DiT; this one has context tokens "
+                       "that see every frame (context_sees_video=True)")
 
     video = layers.dense(width, (None, "embed"), "x_embedder", dtype=self.dtype)(x)
     if self.position == "sincos_1d":
-      if frames > self.num_frames:
-        raise ValueError(f"the sincos_1d position table covers {self.num_frames} frames, got {frames}")
-      table = layers.sincos_table(np.arange(self.num_frames * tokens), width)
-      video = video + table[:frames * tokens].reshape(frames, tokens, width)
+      if isinstance(first_frame, int) and first_frame + frames > self.num_frames:
+        raise ValueError(f"the sincos_1d position table covers {self.num_frames} frames, got "
+                         f"frames {first_frame}..{first_frame + frames - 1}")
+      table = jnp.asarray(layers.sincos_table(np.arange(self.num_frames * tokens), width))
+      table = jax.lax.dynamic_slice_in_dim(table, first_frame * tokens, frames * tokens)
+      video = video + table.reshape(frames, tokens, width)
     elif self.position == "rope":
       video = video + layers.sincos_table(np.arange(tokens), width)
     else:
@@ -173,21 +215,27 @@ class DiT(nn.Module):
                                                              (None, "embed")))
       cond = cond + embed(label)[:, None, :]
 
-    frame_of_token = jnp.repeat(jnp.arange(frames), tokens)
+    frame_of_token = first_frame + jnp.repeat(jnp.arange(frames), tokens)
     if self.context_tokens:
       context = layers.dense(width, (None, "embed"), "c_embedder", dtype=self.dtype)(
           self._context(batch, label))
       video = jnp.concatenate([context.astype(video.dtype), video], axis=1)
       # Context keys sit at frame -1 (visible to all); context queries see either every
       # frame (the authors' leak) or only the context.
-      query_context = frames if self.context_sees_video else -1
+      query_context = EMPTY_SLOT if self.context_sees_video else -1
       key_frames = jnp.concatenate([jnp.full((self.context_tokens,), -1), frame_of_token])
       query_frames = jnp.concatenate([jnp.full((self.context_tokens,), query_context),
                                       frame_of_token])
     else:
       key_frames = query_frames = frame_of_token
-    mask = layers.frame_mask(query_frames[None], key_frames[None])
     positions = jnp.broadcast_to(jnp.maximum(key_frames, 0)[None], (batch, key_frames.shape[0]))
+    kv_cache = None
+    if cache is not None:
+      # Slots at or after first_frame are being recomputed in this window: not read.
+      slot_frames = jnp.where(cache.frames < first_frame, cache.frames, EMPTY_SLOT)
+      key_frames = jnp.concatenate([jnp.repeat(slot_frames, tokens), key_frames])
+      kv_cache = (cache.keys, cache.values)
+    mask = layers.frame_mask(query_frames[None], key_frames[None], attention_window)
     h = layers.constrain(video, ("act_batch", "act_length", "act_embed"))
 
     block_kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
@@ -195,14 +243,18 @@ class DiT(nn.Module):
                         use_rope=self.position == "rope", dtype=self.dtype)
     if self.scan_layers:
       block = nn.remat(Block, prevent_cse=False) if self.remat else Block
-      h, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
-                     metadata_params={nn.PARTITION_NAME: "layers"})(
-                         **block_kwargs, scanned=True, name="blocks")(h, cond, mask, positions)
+      h, kv = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=self.depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})(
+                          **block_kwargs, name="blocks")(h, cond, mask, positions, kv_cache)
     else:
       block = nn.remat(Block) if self.remat else Block
+      layer_kv = []
       for i in range(self.depth):
-        h = block(**block_kwargs, name=f"blocks_{i}")(h, cond, mask, positions)
+        layer_cache = None if kv_cache is None else (kv_cache[0][i], kv_cache[1][i])
+        h, kv_i = block(**block_kwargs, name=f"blocks_{i}")(h, cond, mask, positions, layer_cache)
+        layer_kv.append(kv_i)
+      kv = None if kv_cache is None else jax.tree.map(lambda *a: jnp.stack(a), *layer_kv)
 
     h = layers.layer_norm(h[:, self.context_tokens:]).reshape(batch, frames, tokens, width)
     if self.final_modulation:
@@ -210,8 +262,8 @@ class DiT(nn.Module):
                          kernel_init=layers.zeros, dtype=self.dtype)(nn.silu(cond))
       h = modulate(h, mod[:, :, 0, None], mod[:, :, 1, None])
     out = layers.dense(channels, ("embed", None), "final_layer", kernel_init=layers.zeros,
-                       dtype=self.dtype)(h)
-    return out.astype(jnp.float32)
+                       dtype=self.dtype)(h).astype(jnp.float32)
+    return out if cache is None else (out, kv)
 
 
 def dit_from_config(dit_config) -> DiT:

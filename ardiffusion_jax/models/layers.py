@@ -101,23 +101,34 @@ def rope(x, positions, base: float = 10000.0):
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
-def frame_mask(query_frames, key_frames):
+def frame_mask(query_frames, key_frames, window=None):
   """Boolean attention mask [B, 1, N, M]: a query sees keys whose frame is not later.
 
   Frames are per token ([B, N] and [B, M]); full attention inside a frame and block
-  causality across frames follow from the single comparison.
+  causality across frames follow from the single comparison. With `window`, a query
+  also sees no frame `window` or more before its own; negative key frames (context
+  tokens) stay visible.
   """
-  return (key_frames[:, None, None, :] <= query_frames[:, None, :, None])
+  keys, queries = key_frames[:, None, None, :], query_frames[:, None, :, None]
+  mask = keys <= queries
+  if window is not None:
+    mask &= (keys < 0) | (keys > queries - window)
+  return mask
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention through `jax.nn.dot_product_attention`."""
+  """Multi-head self-attention through `jax.nn.dot_product_attention`.
+
+  With `kv_cache=(keys, values)` ([B, M, H, hd], RoPE already applied) the queries also
+  attend to those cached keys, which come first in `mask`'s key axis; the call then
+  returns (out, (k, v)) with this call's own keys and values, ready to be cached.
+  """
   num_heads: int
   use_rope: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None, positions=None):
+  def __call__(self, x, mask=None, positions=None, kv_cache=None):
     width = x.shape[-1]
     head_dim = width // self.num_heads
     qkv = dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"), "qkv",
@@ -126,8 +137,13 @@ class Attention(nn.Module):
     q = constrain(q, ("act_batch", "act_length", "act_heads", None))
     if self.use_rope:
       q, k = rope(q, positions), rope(k, positions)
+    own = (k, v)
+    if kv_cache is not None:
+      k = jnp.concatenate([kv_cache[0].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([kv_cache[1].astype(v.dtype), v], axis=1)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    return dense(width, ("heads", "kv", "embed"), "proj", axis=(-2, -1), dtype=self.dtype)(out)
+    out = dense(width, ("heads", "kv", "embed"), "proj", axis=(-2, -1), dtype=self.dtype)(out)
+    return out if kv_cache is None else (out, own)
 
 
 class CrossAttention(nn.Module):

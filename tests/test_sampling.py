@@ -1,0 +1,185 @@
+"""The AD sampler: cached == full for causal models, the s = 0 / s = S limits, the
+authors' long-video window and its invalid settings, continuation and CFG."""
+
+import jax
+import ml_collections
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ardiffusion_jax import diffusion, sampling
+from ardiffusion_jax.models import dit
+
+STEPS = 6  # S: small so every s in {0, 1, 3, S} stays quick
+TOKENS = 4
+
+
+def _alphas():
+  betas = diffusion.beta_schedule("scaled_linear", 1000, 1e-4, 0.02)
+  return diffusion.alphas_cumprod(betas)
+
+
+def _grid(kind="clean", steps=STEPS):
+  return diffusion.ddim_grid(kind, _alphas(), steps)
+
+
+def _model(variant="clean", num_frames=8, num_classes=0, **overrides):
+  return dit.dit_from_config(ml_collections.ConfigDict(dict(variant=variant, size="tiny", num_frames=num_frames,
+                                  tokens_per_frame=TOKENS, in_channels=4,
+                                  num_classes=num_classes, context_dim=16, **overrides)))
+
+
+def _variables(model, seed=0):
+  """Random weights everywhere (the zero-initialised gates and heads included), so every
+  path through the network carries signal."""
+  x = jnp.zeros((1, model.num_frames, TOKENS, 4))
+  t = jnp.zeros((1, model.num_frames), jnp.int32)
+  variables = model.init(jax.random.key(seed), x, t, jnp.zeros((1,), jnp.int32))
+  variables = jax.tree.map(lambda v: getattr(v, "value", v), variables,
+                           is_leaf=lambda v: hasattr(v, "value"))
+  leaves, tree = jax.tree.flatten(variables["params"])
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  noisy = [leaf + 0.05 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+  return dict(variables, params=jax.tree.unflatten(tree, noisy))
+
+
+def _sample(model, variables, batch=2, seed=0, context=None, label=None, grid=None, **kwargs):
+  plan, sample = sampling.make_sampler(model, grid or _grid(), **kwargs)
+  out = jax.jit(sample, static_argnums=2)(variables, jax.random.key(seed), batch, context, label)
+  return plan, np.asarray(out)
+
+
+@pytest.mark.parametrize("num_frames", [4, 8])
+@pytest.mark.parametrize("s", [0, 1, 3, STEPS])
+def test_cached_equals_full_for_a_causal_model(num_frames, s):
+  model = _model()
+  variables = _variables(model)
+  full_plan, full = _sample(model, variables, num_frames=num_frames, s=s, mode="full")
+  cached_plan, cached = _sample(model, variables, num_frames=num_frames, s=s, mode="cached")
+  np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+  assert cached_plan.rows == full_plan.rows == STEPS + s * (num_frames - 1)
+  if s:
+    assert cached_plan.window == min(num_frames, -(-STEPS // s))
+  assert np.abs(full).max() > 0.1  # not a degenerate all-zero sample
+
+
+@pytest.mark.parametrize("s", [0, 1, 3, STEPS])
+def test_cached_equals_full_with_context_and_guidance(s):
+  model = _model(num_classes=3)
+  variables = _variables(model, seed=3)
+  context = np.asarray(sampling.normalize_context(
+      jax.random.normal(jax.random.key(9), (2, 2, TOKENS, 4))))
+  kwargs = dict(num_frames=6, s=s, context_frames=2, cfg_scale=2.5,
+                context=jnp.asarray(context), label=jnp.asarray([0, 2]))
+  _, full = _sample(model, variables, mode="full", **kwargs)
+  _, cached = _sample(model, variables, mode="cached", **kwargs)
+  np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+  # Continuation: the context frames come out bit-identical, in both modes.
+  np.testing.assert_array_equal(full[:, :2], context)
+  np.testing.assert_array_equal(cached[:, :2], context)
+  # Guidance changes the generated frames.
+  _, unguided = _sample(model, variables, mode="cached", **dict(kwargs, cfg_scale=1.0))
+  assert np.abs(unguided[:, 2:] - cached[:, 2:]).max() > 1e-3
+
+
+def test_stochastic_ddim_cached_equals_full():
+  model = _model()
+  variables = _variables(model)
+  _, full = _sample(model, variables, num_frames=5, s=2, mode="full", eta=1.0)
+  _, cached = _sample(model, variables, num_frames=5, s=2, mode="cached", eta=1.0)
+  np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+  _, deterministic = _sample(model, variables, num_frames=5, s=2, mode="cached")
+  assert np.abs(deterministic - cached).max() > 1e-3
+
+
+def test_s0_is_plain_synchronous_ddim():
+  model = _model()
+  variables = _variables(model)
+  grid = _grid()
+  batch, frames = 2, 5
+  _, sampled = _sample(model, variables, batch=batch, num_frames=frames, s=0)
+  key_init, _ = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(key_init, (batch, frames, TOKENS, 4))
+  for k in range(1, STEPS + 1):  # every frame at the same level, all moving together
+    t = jnp.full((batch, frames), grid.model_timesteps[k], jnp.int32)
+    x0 = model.apply(variables, x, t)
+    x = diffusion.ddim_update(x, x0, grid.alphas[k], grid.alphas_prev[k])
+  np.testing.assert_allclose(sampled, np.asarray(x), atol=1e-5, rtol=0)
+
+
+def test_s_equal_S_finishes_each_frame_before_the_next_starts():
+  model = _model()
+  plan = sampling.make_plan(model, _grid(), num_frames=5, s=STEPS, mode="full")
+  updates = plan.update_mask  # full mode: the window is the whole video
+  assert np.all(updates.sum(axis=1) == 1)  # one frame moves per row
+  moving = np.argmax(updates, axis=1)
+  np.testing.assert_array_equal(moving, np.repeat(np.arange(5), STEPS))
+  # Cached mode evaluates one frame per row and writes each finished frame once.
+  cached = sampling.make_plan(model, _grid(), num_frames=5, s=STEPS, mode="cached")
+  assert cached.window == 1
+  np.testing.assert_array_equal(cached.commit_frame[cached.commit_frame >= 0], np.arange(4))
+
+
+def test_official_long_video_window_follows_the_authors_schedule():
+  """Spec §3.4: F=128, S=50, s=5 with a 16-frame window. The window moves one frame when
+  the frame after it is due; in steady state it holds about 6 finished frames (context)
+  and 10 in progress, and every frame gets its S updates inside the window."""
+  model = _model("official", num_frames=16)
+  plan = sampling.make_plan(model, _grid("official", 50), num_frames=128, s=5, mode="full")
+  assert plan.rows == 50 + 5 * 127 and plan.window == 16
+  assert plan.window_start[0] == 0 and plan.window_start[-1] == 112
+  assert np.all(np.diff(plan.window_start) >= 0) and np.all(np.diff(plan.window_start) <= 1)
+  updates = np.zeros(128, int)
+  for r in range(plan.rows):
+    updates[plan.window_start[r]:plan.window_start[r] + 16] += plan.update_mask[r]
+  np.testing.assert_array_equal(updates, 50)
+  steady = plan.update_mask[300]
+  assert steady.sum() == 10 and not steady[:6].any()
+  # Frames that are not moving in a steady row are fed t = 1, the authors' context step.
+  assert np.all(plan.timesteps[300][~steady] == 1)
+
+
+def test_official_invalid_long_video_settings_name_the_constraint():
+  model = _model("official", num_frames=16)
+  grid = _grid("official", 50)
+  with pytest.raises(ValueError, match=r"s \* window >= S"):
+    sampling.make_plan(model, grid, num_frames=128, s=3, mode="full")
+  with pytest.raises(ValueError, match="s = 0 with more frames than the window"):
+    sampling.make_plan(model, grid, num_frames=32, s=0, mode="full")
+  with pytest.raises(ValueError, match="strictly causal"):
+    sampling.make_plan(model, grid, num_frames=16, s=5, mode="cached")
+  with pytest.raises(ValueError, match="class-conditional"):
+    sampling.make_sampler(model, grid, num_frames=16, s=5, mode="full", cfg_scale=2.0)
+
+
+def test_official_full_mode_runs_a_long_video_in_its_window():
+  model = _model("official", num_frames=4)
+  variables = _variables(model)
+  grid = _grid("official", 4)
+  plan, out = _sample(model, variables, num_frames=10, s=2, mode="full", grid=grid)
+  assert plan.window == 4 and out.shape == (2, 10, TOKENS, 4)
+  assert np.all(np.isfinite(out))
+
+
+def test_official_without_the_leak_can_use_the_cache():
+  model = _model("official", num_frames=6, context_sees_video=False)
+  variables = _variables(model)
+  _, full = _sample(model, variables, num_frames=6, s=2, mode="full", grid=_grid("official", 5))
+  _, cached = _sample(model, variables, num_frames=6, s=2, mode="cached", grid=_grid("official", 5))
+  np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("s", [1, 3])
+def test_rolling_cache_matches_full_past_the_trained_window(s):
+  """Clean variant, 10 frames from a 4-frame model: both modes use the rolling window
+  (each frame sees the 3 before it), the cache is a 4-slot ring."""
+  model = _model(num_frames=4)
+  variables = _variables(model)
+  context = sampling.normalize_context(jax.random.normal(jax.random.key(4), (2, 5, TOKENS, 4)))
+  for context_frames in (0, 5):
+    kwargs = dict(num_frames=10, s=s, context_frames=context_frames,
+                  context=context if context_frames else None)
+    _, full = _sample(model, variables, mode="full", **kwargs)
+    plan, cached = _sample(model, variables, mode="cached", **kwargs)
+    assert plan.cache_slots == 4
+    np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
