@@ -10,7 +10,6 @@ DEFAULT_CONFIG = "configs/synthetic.py:default"
 # Stages whose implementation has not landed yet: the subcommand says so and exits 2
 # instead of pretending. Each names the work item that brings it.
 PENDING = {
-    "sample": "the AD sampler (issue 5)",
     "eval": "FVD / FID / physics evaluation (issue 7)",
 }
 
@@ -132,8 +131,36 @@ def build_parser() -> argparse.ArgumentParser:
       description="Run a named benchmark; it prints a table and writes JSON.")
   bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="benchmark name and options")
 
+  sample = commands.add_parser(
+      "sample", help="generate videos with the AD scheduler",
+      description="Sample videos from a trained DiT with the AD scheduler: any length, "
+                  "timestep difference s from 0 (synchronous) to S (autoregressive), video "
+                  "continuation and classifier-free guidance. Writes one mp4 per sample, a "
+                  "GIF grid, latents.npz and sample.json into --out.")
+  sample.add_argument("--ckpt", required=True, help="the DiT run folder (or its checkpoints)")
+  sample.add_argument("--vae-ckpt", help="the AR-VAE run that decodes the latents (default: "
+                                         "the one named by the DiT's latents_info.json)")
+  sample.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
+  sample.add_argument("--s", type=int, default=0, help="timestep difference, 0..S (default 0)")
+  sample.add_argument("--num", type=int, default=4, help="number of videos (default 4)")
+  sample.add_argument("--label", type=int, help="class label (class-conditional models)")
+  sample.add_argument("--cfg", type=float, default=1.0, help="guidance scale (default 1: off)")
+  sample.add_argument("--context", help="continue this video (mp4/avi, encoded by the VAE) "
+                                        "or latents.npz")
+  sample.add_argument("--context-frames", type=int,
+                      help="frames of --context to keep (default: all, up to --frames - 1)")
+  sample.add_argument("--mode", choices=("cached", "full"), default="cached",
+                      help="cached: KV cache, causal models (default); full: the authors' way")
+  sample.add_argument("--steps", type=int, help="DDIM steps S (default: the config's)")
+  sample.add_argument("--eta", type=float, help="DDIM eta (default: the config's)")
+  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--batch-size", type=int, default=8, help="videos per sampler call")
+  sample.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+  sample.add_argument("--latents-only", action="store_true", help="skip decoding")
+  sample.add_argument("--fps", type=int, default=8)
+  sample.add_argument("--out", required=True, help="output folder")
+
   descriptions = {
-      "sample": "Generate videos with the AD scheduler (any length, continuation, CFG).",
       "eval": "Score samples with FVD, FID and the synthetic physics score.",
   }
   for name, description in descriptions.items():
@@ -167,16 +194,13 @@ def main(argv=None) -> int:
             f"checkpoints in {args.workdir}/checkpoints")
       return 0
     if args.command == "extract":
-      import pathlib
       jax = _init_jax(args)
       from ardiffusion_jax import config as config_lib
       from ardiffusion_jax.extract import extract as run_extract
       config = config_lib.load_config(args.config, args.overrides)
       if args.shard_size < 1 or args.batch_size < 1:
         raise ConfigError("--shard-size", "shard and batch sizes must be >= 1")
-      ckpt = pathlib.Path(args.vae_ckpt)
-      ckpt = ckpt / "checkpoints" if (ckpt / "checkpoints").is_dir() else ckpt
-      result = run_extract(config, ckpt, args.out, args.shard_size, args.batch_size)
+      result = run_extract(config, args.vae_ckpt, args.out, args.shard_size, args.batch_size)
       print(f"ardiff extract: {result['clips_written']} clips written, "
             f"{result['skipped']} of {result['shards']} shards already done; see {args.out}")
       return 0
@@ -191,6 +215,8 @@ def main(argv=None) -> int:
       return 0
     if args.command == "plan":
       return _plan(args)
+    if args.command == "sample":
+      return _sample(args)
     if args.command == "bench":
       from ardiffusion_jax import bench
       return bench.main(args.bench_args)
@@ -200,6 +226,43 @@ def main(argv=None) -> int:
   except (ConfigError, DataError, CheckpointError, TrainingDiverged) as error:
     print(f"ardiff {args.command}: error: {error}", file=sys.stderr)
     return 1
+
+
+def _sample(args) -> int:
+  from ardiffusion_jax import generate
+  for flag, value, low in (("--frames", args.frames, 1), ("--num", args.num, 1),
+                           ("--batch-size", args.batch_size, 1), ("--s", args.s, 0)):
+    if value < low:
+      raise ConfigError(flag, f"must be >= {low}, got {value}")
+  generator = generate.Generator.from_checkpoint(
+      args.ckpt, vae_ckpt=args.vae_ckpt, use_ema=not args.no_ema, sampling_steps=args.steps)
+  if generator.vae is None and not args.latents_only:
+    raise CheckpointError("no AR-VAE is known for this DiT, so the samples cannot be decoded: "
+                          "pass --vae-ckpt RUN, or --latents-only")
+  if args.s > generator.grid.num_steps:
+    raise ConfigError("--s", f"must be in [0, S={generator.grid.num_steps}], got {args.s}")
+  context = None
+  if args.context:
+    keep = min(args.context_frames or args.frames - 1, args.frames - 1)
+    context = generator.context_from_file(args.context, keep)
+    if args.context_frames and len(context) < args.context_frames:
+      raise ConfigError("--context-frames", f"{args.context} has only {len(context)} frames")
+  try:
+    latents, timing = generator.sample_latents(
+        args.num, args.frames, args.s, batch_size=args.batch_size, seed=args.seed,
+        label=args.label, cfg_scale=args.cfg, context=context, mode=args.mode, eta=args.eta)
+  except ValueError as error:  # a setting the sampler cannot run, with the constraint named
+    raise ConfigError("sample", str(error)) from error
+  videos = None if args.latents_only else generator.decode(latents)
+  settings = dict(ckpt=str(args.ckpt), frames=args.frames, s=args.s, num=args.num,
+                  steps=generator.grid.num_steps, mode=args.mode, cfg=args.cfg,
+                  label=args.label, seed=args.seed,
+                  context_frames=0 if context is None else len(context), **timing)
+  summary = generate.write_outputs(args.out, videos, latents, settings, fps=args.fps)
+  print(f"ardiff sample: {args.num} videos of {args.frames} frames at s={args.s} in "
+        f"{timing['sample_seconds']:.1f} s (+{timing['compile_seconds']:.1f} s compile); "
+        f"see {args.out}/{summary['grid'] or 'latents.npz'}")
+  return 0
 
 
 def _plan(args) -> int:

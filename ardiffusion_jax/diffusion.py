@@ -112,6 +112,13 @@ def ddim_update(x_t, x0_pred, alpha_t, alpha_prev, eta: float = 0.0, noise=None)
   return x_prev + jnp.sqrt(jnp.maximum(1.0 - alpha_prev - sigma**2, 0.0)) * eps + sigma * noise
 
 
+def alphas_from_config(diffusion_config) -> np.ndarray:
+  """ᾱ_t for a config's `diffusion` section (float64 numpy)."""
+  betas = beta_schedule(diffusion_config.beta_schedule, diffusion_config.num_timesteps,
+                        diffusion_config.beta_start, diffusion_config.beta_end)
+  return alphas_cumprod(betas)
+
+
 class DDIMGrid(NamedTuple):
   """A DDIM grid indexed by k, the number of steps a frame has completed after a row.
 

@@ -4,9 +4,11 @@ Shard k holds clips [k·S, (k+1)·S) in dataset order, so the output is determin
 Process p writes the shards k with k % P == p. A shard appears under its final name only
 once complete, so a restarted extraction skips finished shards and redoes the rest:
 every clip is written exactly once. Latents are the encoder's raw mean, as the authors
-store them; the DiT normalises each token when it reads them.
+store them; the DiT normalises each token when it reads them. `latents_info.json` names
+the AR-VAE run, so `ardiff sample` can decode what a DiT trained on these shards makes.
 """
 
+import json
 import pathlib
 
 import jax
@@ -16,33 +18,28 @@ import tqdm
 
 from ardiffusion_jax.data import latents as latents_lib
 from ardiffusion_jax.data.synthetic import BouncingShapes
-from ardiffusion_jax.errors import CheckpointError
+from ardiffusion_jax.generate import LATENTS_INFO, load_vae
 from ardiffusion_jax.models import ar_vae
-from ardiffusion_jax.train.checkpoint import Checkpointer
+from ardiffusion_jax.train.checkpoint import checkpoint_dir as find_checkpoints
 
 
-def load_vae(config, checkpoint_dir):
-  """The AR-VAE of `config` with the generator params of the newest checkpoint."""
-  model = ar_vae.vae_from_config(config.vae)
-  checkpointer = Checkpointer(checkpoint_dir)
-  if checkpointer.latest_step() is None:
-    raise CheckpointError(f"no AR-VAE checkpoint in {checkpoint_dir}")
-  params = checkpointer.restore_raw()["params"]
-  checkpointer.close()
-  return model, params
-
-
-def extract(config, checkpoint_dir, out_dir, shard_size: int = 256, batch_size: int = 8,
+def extract(config, vae_ckpt, out_dir, shard_size: int = 256, batch_size: int = 8,
             process_index=None, process_count=None, on_shard=None) -> dict:
-  """Writes this process's latent shards; returns counts. `on_shard(k)` runs after each
-  shard is complete."""
+  """Writes this process's latent shards of `config.data`, encoded by the AR-VAE run
+  `vae_ckpt` (built from the config saved with it); returns counts. `on_shard(k)` runs
+  after each shard is complete."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   source = BouncingShapes.from_config(config.data)
-  model, params = load_vae(config, checkpoint_dir)
+  _, model, params = load_vae(vae_ckpt)
   encode = jax.jit(lambda video: model.apply({"params": params}, video,
                                              method=ar_vae.ARVAE.encode)[0])
   out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  if process_index == 0:
+    info = {"vae_checkpoint": str(pathlib.Path(find_checkpoints(vae_ckpt)).absolute()),
+            "clips": len(source), "shard_size": shard_size}
+    (out / LATENTS_INFO).write_text(json.dumps(info, indent=2))
   num_shards = -(-len(source) // shard_size)
   mine = [k for k in range(num_shards) if k % process_count == process_index]
   todo = [k for k in mine if not (out / latents_lib.SHARD_PATTERN.format(index=k)).exists()]

@@ -146,5 +146,10 @@ def get_config(arg=None):
   config.demo = ml_collections.ConfigDict(dict(
       preview_videos=4 if smoke else 8,
       schedule_samples=2000 if smoke else 20000,
+      sample_videos=4 if smoke else 8,  # per s, at sample.num_frames
+      long_frames=16 if smoke else 64,  # the long video (rolling KV cache past 16 frames)
+      long_videos=1 if smoke else 2,
+      long_s=2 if smoke else 5,
+      real_clips=8 if smoke else 32,  # held-out clips for the VAE PSNR and physics
   ))
   return config

@@ -1,5 +1,7 @@
 """AR-VAE training stages on the shared loop, and latent extraction."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -76,7 +78,7 @@ def _save_vae_checkpoint(config, directory):
   size = config.data.resolution
   params = nn.meta.unbox(model.init(jax.random.key(3), jnp.zeros((1, 1, size, size, 3))))["params"]
   checkpointer = Checkpointer(directory)
-  checkpointer.save(1, {"params": params, "step": jnp.int32(1)}, force=True)
+  checkpointer.save(1, {"params": params, "step": jnp.int32(1)}, config=config, force=True)
   checkpointer.close()
   return model, params
 
@@ -98,6 +100,8 @@ def test_extraction_round_trip_and_exactly_once_after_restart(tmp_path):
   assert len(list(out.glob("*.array_record"))) == 1
   result = extract_lib.extract(config, tmp_path / "vae", out, shard_size=4, batch_size=3)
   assert result == {"shards": 3, "skipped": 1, "clips_written": 6}
+  info = json.loads((out / "latents_info.json").read_text())
+  assert info["vae_checkpoint"] == str((tmp_path / "vae").absolute())
 
   shards = latents_lib.LatentShards(latents_lib.shard_paths(out))
   indices = sorted(int(shards[i]["index"]) for i in range(len(shards)))

@@ -7,11 +7,19 @@ once orbax has committed it, so a run killed mid-save resumes from the previous 
 import json
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from grain import checkpoint as grain_checkpoint
 
 from ardiffusion_jax.errors import CheckpointError
+
+
+def checkpoint_dir(path) -> str:
+  """A run folder's `checkpoints` folder, or `path` itself when it is one."""
+  path = str(path).rstrip("/")
+  candidate = epath.Path(path) / "checkpoints"
+  return str(candidate) if candidate.is_dir() else path
 
 
 class Checkpointer:
@@ -62,6 +70,18 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(fallback_sharding=fallback)))
     return restored["state"]
+
+  def restore_config(self, step=None):
+    """The config saved with `step` (default: the latest), as a ConfigDict."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, FileNotFoundError) as error:
+      raise CheckpointError(f"checkpoint {self.directory / str(step)} has no saved config: "
+                            f"{error}") from error
+    return ml_collections.ConfigDict(restored["config"])
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -22,13 +22,6 @@ from ardiffusion_jax.train import loop, sharding
 from ardiffusion_jax.train import state as state_lib
 
 
-def diffusion_constants(diffusion_config) -> np.ndarray:
-  """ᾱ_t for the config's schedule (float64 numpy)."""
-  betas = diffusion.beta_schedule(diffusion_config.beta_schedule, diffusion_config.num_timesteps,
-                                  diffusion_config.beta_start, diffusion_config.beta_end)
-  return diffusion.alphas_cumprod(betas)
-
-
 def draw_noise(key, batch, diffusion_config):
   """The step's randomness for the whole global batch: timesteps, noise, label dropout.
 
@@ -53,7 +46,7 @@ def dit_loss(params, constants, model, batch, draws, diffusion_config, label_dro
   # Shards hold the encoder's raw mean; like the authors, normalise each token here.
   latents = layers.l2_normalize(batch["latents"])
   t, noise = draws["t"], draws["noise"]
-  alphas = diffusion_constants(diffusion_config)
+  alphas = diffusion.alphas_from_config(diffusion_config)
   x_t = diffusion.q_sample(latents, t, noise, alphas)
   label = batch.get("label")
   if label is not None and model.num_classes:

@@ -1,0 +1,69 @@
+"""Video files through PyAV: decode to uint8 frames, resize and centre-crop, write mp4."""
+
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from ardiffusion_jax.errors import DataError
+
+
+def read_video(path, max_frames=None) -> np.ndarray:
+  """All frames (or the first `max_frames`) of a video file as uint8 [T, H, W, 3].
+
+  Raises DataError for a missing, unreadable or empty file.
+  """
+  import av
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"video file {path} does not exist")
+  frames = []
+  try:
+    with av.open(str(path)) as container:
+      for frame in container.decode(video=0):
+        frames.append(frame.to_ndarray(format="rgb24"))
+        if max_frames is not None and len(frames) >= max_frames:
+          break
+  except (av.error.FFmpegError, IndexError, ValueError) as error:
+    if not frames:
+      raise DataError(f"cannot decode video {path}: {error}") from error
+  if not frames:
+    raise DataError(f"video {path} has no decodable frames")
+  return np.stack(frames)
+
+
+def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+  """Resizes the short side to `size` (bicubic), then crops the centre square."""
+  t, h, w, _ = frames.shape
+  scale = size / min(h, w)
+  new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  out = np.empty((t, size, size, 3), np.uint8)
+  for i, frame in enumerate(frames):
+    image = Image.fromarray(frame)
+    if (new_h, new_w) != (h, w):
+      image = image.resize((new_w, new_h), Image.BICUBIC)
+    out[i] = np.asarray(image)[top:top + size, left:left + size]
+  return out
+
+
+def write_mp4(path, frames: np.ndarray, fps: int = 8) -> pathlib.Path:
+  """Writes uint8 frames [T, H, W, 3] as H.264 mp4 (yuv420p, so sizes are padded to even)."""
+  import av
+  frames = np.asarray(frames, np.uint8)
+  pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+  if pad_h or pad_w:
+    frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with av.open(str(path), mode="w") as container:
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height = frames.shape[2], frames.shape[1]
+    stream.pix_fmt = "yuv420p"
+    stream.options = {"crf": "18"}
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return path

@@ -1,0 +1,196 @@
+"""From checkpoints to videos: load a trained DiT and its AR-VAE, sample with the AD
+scheduler, decode, and write mp4 / GIF / npz. `ardiff sample`, the demo and the Colab
+notebooks all go through `Generator`."""
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from ardiffusion_jax import diffusion, sampling, viz
+from ardiffusion_jax.data import video as video_lib
+from ardiffusion_jax.errors import CheckpointError, ConfigError, DataError
+from ardiffusion_jax.models import ar_vae, dit
+from ardiffusion_jax.train.checkpoint import Checkpointer, checkpoint_dir
+
+LATENTS_INFO = "latents_info.json"  # written by `ardiff extract` next to the shards
+
+
+def load_vae(vae_ckpt):
+  """(config, model, params) of the newest checkpoint of an AR-VAE run."""
+  checkpointer = Checkpointer(checkpoint_dir(vae_ckpt), async_save=False)
+  try:
+    if checkpointer.latest_step() is None:
+      raise CheckpointError(f"no AR-VAE checkpoint in {vae_ckpt}")
+    config = checkpointer.restore_config()
+    params = checkpointer.restore_raw()["params"]
+  finally:
+    checkpointer.close()
+  return config, ar_vae.vae_from_config(config.vae), params
+
+
+def vae_checkpoint_of(dit_config) -> Optional[str]:
+  """The AR-VAE run that encoded the DiT's training latents, if `ardiff extract` said so."""
+  info = pathlib.Path(dit_config.train.get("latents_dir", "") or ".") / LATENTS_INFO
+  if not info.is_file():
+    return None
+  return json.loads(info.read_text()).get("vae_checkpoint")
+
+
+@dataclasses.dataclass
+class Generator:
+  """A trained DiT (EMA weights by default) and, when known, the AR-VAE that decodes it."""
+  config: Any
+  model: dit.DiT
+  variables: dict
+  grid: diffusion.DDIMGrid
+  vae: Optional[ar_vae.ARVAE] = None
+  vae_params: Any = None
+  resolution: Optional[int] = None
+
+  @classmethod
+  def from_checkpoint(cls, ckpt, vae_ckpt=None, use_ema: bool = True, sampling_steps=None):
+    """`ckpt`: a DiT run folder or its checkpoints folder. `vae_ckpt` defaults to the
+    run that encoded the DiT's latents; without one, only latents can be produced."""
+    checkpointer = Checkpointer(checkpoint_dir(ckpt), async_save=False)
+    try:
+      if checkpointer.latest_step() is None:
+        raise CheckpointError(f"no DiT checkpoint in {ckpt}")
+      config = checkpointer.restore_config()
+      state = checkpointer.restore_raw()
+    finally:
+      checkpointer.close()
+    if "dit" not in config:
+      raise CheckpointError(f"{ckpt} is not a DiT run (its config has no 'dit' section)")
+    variables = {"params": state["ema_params" if use_ema else "params"]}
+    if state.get("constants"):
+      variables["constants"] = state["constants"]
+    steps = sampling_steps or config.diffusion.sampling_steps
+    grid = diffusion.ddim_grid(config.diffusion.ddim_grid,
+                                diffusion.alphas_from_config(config.diffusion), steps)
+    generator = cls(config, dit.dit_from_config(config.dit), variables, grid)
+    vae_ckpt = vae_ckpt or vae_checkpoint_of(config)
+    if vae_ckpt:
+      vae_config, generator.vae, generator.vae_params = load_vae(vae_ckpt)
+      generator.resolution = vae_config.vae.image_size
+    return generator
+
+  def sampler(self, num_frames: int, s: int, *, context_frames: int = 0, mode: str = "cached",
+              cfg_scale: float = 1.0, eta: Optional[float] = None, progress=None):
+    """(plan, jitted sample(variables, key, batch_size, context, label))."""
+    eta = self.config.diffusion.eta if eta is None else eta
+    plan, sample = sampling.make_sampler(self.model, self.grid, num_frames=num_frames, s=s,
+                                         context_frames=context_frames, mode=mode,
+                                         cfg_scale=cfg_scale, eta=eta, progress=progress)
+    return plan, jax.jit(sample, static_argnums=2)
+
+  def sample_latents(self, num: int, num_frames: int, s: int, *, batch_size: int = 8,
+                     seed: int = 0, label=None, cfg_scale: float = 1.0, context=None,
+                     mode: str = "cached", eta=None, show_progress: bool = True):
+    """Samples `num` latent videos [num, F, L, C]; returns (latents, timing dict).
+
+    `context`: unit-norm latents [c, L, C] (one clip, continued in every sample) or
+    [num, c, L, C]. `label`: an int or [num] ints. Timing separates compilation from the
+    sampling itself.
+    """
+    label = self._labels(label, num)
+    context_frames = 0 if context is None else np.shape(context)[-3]
+    if context is not None:
+      context = np.broadcast_to(np.asarray(context, np.float32),
+                                (num,) + np.shape(context)[-3:])
+    plan = sampling.make_plan(self.model, self.grid, num_frames, s, context_frames, mode)
+    bar = tqdm.tqdm(total=plan.rows * -(-num // batch_size), desc=f"sample s={s}",
+                    unit="row", disable=not show_progress)
+    _, sample = self.sampler(num_frames, s, context_frames=context_frames, mode=mode,
+                             cfg_scale=cfg_scale, eta=eta,
+                             progress=(lambda _: bar.update()) if show_progress else None)
+    outputs, compile_seconds, run_seconds = [], 0.0, 0.0
+    key = jax.random.key(seed)
+    for first in range(0, num, batch_size):
+      count = min(batch_size, num - first)
+      args = (self.variables, jax.random.fold_in(key, first), count,
+              None if context is None else jnp.asarray(context[first:first + count]),
+              None if label is None else jnp.asarray(label[first:first + count]))
+      started = time.perf_counter()
+      compiled = sample.lower(*args).compile()
+      compile_seconds += time.perf_counter() - started
+      started = time.perf_counter()
+      outputs.append(np.asarray(jax.block_until_ready(compiled(*args[:2], *args[3:]))))
+      run_seconds += time.perf_counter() - started
+    bar.close()
+    timing = {"rows": plan.rows, "window": plan.window, "compile_seconds": compile_seconds,
+              "sample_seconds": run_seconds, "seconds_per_video": run_seconds / num}
+    return np.concatenate(outputs), timing
+
+  def _labels(self, label, num):
+    if label is None:
+      return None
+    if not self.model.num_classes:
+      raise ConfigError("--label", "this DiT is unconditional (dit.num_classes = 0)")
+    label = np.broadcast_to(np.asarray(label, np.int32), (num,))
+    limit = self.model.num_classes + (0 if self.model.context_tokens else -1)
+    if label.min() < 0 or label.max() > limit:
+      raise ConfigError("--label", f"labels must be in [0, {limit}], got {label.tolist()}")
+    return label
+
+  def _require_vae(self):
+    if self.vae is None:
+      raise CheckpointError("no AR-VAE is known for this DiT: pass --vae-ckpt (the run that "
+                            "encoded its training latents)")
+
+  def decode(self, latents, batch_size: int = 4) -> np.ndarray:
+    """Latents [N, F, L, C] -> uint8 videos [N, F, H, W, 3] (the decoder normalises tokens)."""
+    self._require_vae()
+    decode = jax.jit(lambda z: self.vae.apply({"params": self.vae_params}, z,
+                                              method=ar_vae.ARVAE.decode))
+    videos = [np.asarray(decode(jnp.asarray(latents[i:i + batch_size])))
+              for i in range(0, len(latents), batch_size)]
+    return np.round(np.clip(np.concatenate(videos), 0, 1) * 255).astype(np.uint8)
+
+  def encode(self, video) -> np.ndarray:
+    """uint8 video [F, H, W, 3] at the VAE's resolution -> unit-norm latents [F, L, C]."""
+    self._require_vae()
+    frames = jnp.asarray(video, jnp.float32)[None] / 255.0
+    mean = self.vae.apply({"params": self.vae_params}, frames, method=ar_vae.ARVAE.encode)[0]
+    return np.asarray(sampling.normalize_context(mean[0]))
+
+  def context_from_file(self, path, max_frames: int) -> np.ndarray:
+    """Continuation context from a video file (encoded) or an .npz of latents."""
+    path = pathlib.Path(path)
+    if path.suffix == ".npz":
+      with np.load(path) as data:
+        if "latents" not in data:
+          raise DataError(f"{path} has no 'latents' array (ardiff sample writes one)")
+        latents = data["latents"]
+      latents = latents[0] if latents.ndim == 4 else latents
+      expected = (self.model.tokens_per_frame, self.model.in_channels)
+      if latents.ndim != 3 or latents.shape[1:] != expected:
+        raise DataError(f"{path}: latents of shape {latents.shape}, expected [F, *{expected}]")
+      return np.asarray(sampling.normalize_context(latents[:max_frames]))
+    self._require_vae()
+    frames = video_lib.read_video(path, max_frames=max_frames)
+    return self.encode(video_lib.resize_center_crop(frames, self.resolution))
+
+
+def write_outputs(out_dir, videos, latents, settings: dict, fps: int = 8) -> dict:
+  """mp4 per sample, a GIF grid, the latents as npz and the settings as JSON."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  files = []
+  if videos is not None:
+    files = [video_lib.write_mp4(out / f"sample_{i:03d}.mp4", v, fps).name
+             for i, v in enumerate(videos)]
+    scale = max(1, 128 // videos.shape[2])
+    viz.write_gif(out / "grid.gif", viz.video_grid(videos), fps=fps, scale=scale)
+  np.savez(out / "latents.npz", latents=latents,
+           **{k: np.asarray(v) for k, v in settings.items() if isinstance(v, (int, float))})
+  summary = dict(settings, videos=files, grid="grid.gif" if files else None,
+                 latents="latents.npz")
+  (out / "sample.json").write_text(json.dumps(summary, indent=2))
+  return summary
