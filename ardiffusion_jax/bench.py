@@ -228,7 +228,79 @@ def bench_vae(argv):
   return _write(args.out, output)
 
 
-BENCHMARKS = {"timesteps": bench_timesteps, "train_step": bench_train_step, "vae": bench_vae}
+def bench_sampling(argv):
+  """Wall time per video of the AD sampler, full and cached modes side by side."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from ardiffusion_jax import config as config_lib
+  from ardiffusion_jax import diffusion, sampling
+  from ardiffusion_jax.models import dit
+
+  parser = argparse.ArgumentParser(prog="bench sampling")
+  parser.add_argument("--size", default="small", choices=tuple(dit.PRESETS))
+  parser.add_argument("--steps", type=int, default=50, help="DDIM steps S")
+  parser.add_argument("--frames", type=int, default=16)
+  parser.add_argument("--s", default="0,5,10,25,50", help="comma-separated s values")
+  parser.add_argument("--long-frames", type=int, default=128)
+  parser.add_argument("--long-s", type=int, default=5)
+  parser.add_argument("--modes", default="full,cached")
+  parser.add_argument("--long-modes", default="full,cached",
+                      help="modes for the long video (full evaluates every frame at every row)")
+  parser.add_argument("--repeats", type=int, default=2, help="timed runs (the minimum counts)")
+  parser.add_argument("--out", default="bench_results/sampling.json")
+  args = parser.parse_args(argv)
+
+  config = config_lib.load_config("configs/synthetic.py:default", [
+      f"dit.size={args.size!r}", f"dit.num_frames={args.frames}", "dit.num_classes=0"])
+  model = dit.dit_from_config(config.dit)
+  example = (jnp.zeros((1, args.frames, 32, 4)), jnp.zeros((1, args.frames), jnp.int32))
+  variables = nn.meta.unbox(model.init(jax.random.key(0), *example))
+  grid = diffusion.ddim_grid("clean", diffusion.alphas_from_config(config.diffusion), args.steps)
+  settings = [(args.frames, int(s), args.modes.split(",")) for s in args.s.split(",")]
+  settings.append((args.long_frames, args.long_s, args.long_modes.split(",")))
+  all_modes = args.modes.split(",")
+  rows, results = [], []
+  for frames, s, modes in settings:
+    entry = {"frames": frames, "s": s}
+    for mode in modes:
+      plan, sample = sampling.make_sampler(model, grid, num_frames=frames, s=s, mode=mode)
+      compiled = jax.jit(sample, static_argnums=2).lower(variables, jax.random.key(0), 1).compile()
+      times = []
+      for repeat in range(args.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(variables, jax.random.key(repeat)))
+        times.append(time.perf_counter() - start)
+      entry.update({f"{mode}_s": min(times), f"{mode}_window": plan.window, "rows": plan.rows})
+    results.append(entry)
+    rows.append([frames, s, entry["rows"]] + [
+        f"{entry[f'{m}_s']:.2f} (window {entry[f'{m}_window']})" if m in modes else "not run"
+        for m in all_modes])
+    print(f"  F={frames} s={s}: " + ", ".join(f"{m} {entry[f'{m}_s']:.2f} s" for m in modes),
+          flush=True)
+  by_setting = {(r["frames"], r["s"]): r for r in results}
+  ratios = {}
+  if "cached" in args.modes:
+    base, last = by_setting.get((args.frames, 0)), by_setting.get((args.frames, args.steps))
+    if base and last:
+      ratios["cached_sS_over_s0"] = last["cached_s"] / base["cached_s"]
+    short = by_setting.get((args.frames, args.long_s))
+    long = by_setting[(args.long_frames, args.long_s)]
+    if short and "cached_s" in long:
+      ratios["cached_long_over_short"] = long["cached_s"] / short["cached_s"]
+    if "cached_s" in long and "full_s" in long:
+      ratios["cached_long_over_full_long"] = long["cached_s"] / long["full_s"]
+  _print_table(["F", "s", "AD rows"] + [f"{m} s/video" for m in all_modes], rows)
+  for name, value in ratios.items():
+    print(f"{name}: {value:.2f}")
+  return _write(args.out, {
+      "benchmark": "sampling", "size": args.size, "steps": args.steps, "batch": 1,
+      "results": results, "ratios": ratios, "backend": jax.default_backend(),
+      "jax": jax.__version__})
+
+
+BENCHMARKS = {"timesteps": bench_timesteps, "train_step": bench_train_step, "vae": bench_vae,
+              "sampling": bench_sampling}
 
 
 def _print_table(header, rows):

@@ -129,8 +129,9 @@ def sampling_stage(config, workdir: pathlib.Path) -> dict:
     num = demo.sample_videos if frames == config.sample.num_frames else demo.long_videos
     latents, timing = generator.sample_latents(num, frames, s, batch_size=num, seed=config.seed)
     videos = generator.decode(latents)
-    # Physics over 16-frame windows, like the real clips it is compared with.
-    windows = videos.reshape((-1, real.shape[1]) + videos.shape[2:])
+    # Physics over windows as long as the real clips it is compared with.
+    usable = frames - frames % real.shape[1]
+    windows = videos[:, :usable].reshape((-1, real.shape[1]) + videos.shape[2:])
     score = physics.physics_score(windows, real)
     results[name] = generate.write_outputs(
         out, videos, latents, dict(frames=frames, s=s, num=num, physics=score, **timing))

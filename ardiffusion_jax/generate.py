@@ -104,12 +104,12 @@ class Generator:
     if context is not None:
       context = np.broadcast_to(np.asarray(context, np.float32),
                                 (num,) + np.shape(context)[-3:])
-    plan = sampling.make_plan(self.model, self.grid, num_frames, s, context_frames, mode)
+    bar = None  # the progress callback reads it once sampling runs
+    plan, sample = self.sampler(num_frames, s, context_frames=context_frames, mode=mode,
+                                cfg_scale=cfg_scale, eta=eta,
+                                progress=(lambda _: bar.update()) if show_progress else None)
     bar = tqdm.tqdm(total=plan.rows * -(-num // batch_size), desc=f"sample s={s}",
                     unit="row", disable=not show_progress)
-    _, sample = self.sampler(num_frames, s, context_frames=context_frames, mode=mode,
-                             cfg_scale=cfg_scale, eta=eta,
-                             progress=(lambda _: bar.update()) if show_progress else None)
     outputs, compile_seconds, run_seconds = [], 0.0, 0.0
     key = jax.random.key(seed)
     for first in range(0, num, batch_size):

@@ -57,7 +57,7 @@ class Plan:
   alphas_prev: np.ndarray  # [R, window] float32, ᾱ it moves to when updated
   update_mask: np.ndarray  # [R, window] bool
   commit_frame: np.ndarray  # [R] cached: frame written to the cache before the row, or -1
-  cache_slots: int  # cached: frames the cache holds (a ring when rolling)
+  cache_slots: int  # cached: frames the cache holds (a ring when rolling); 0: no cache
   attention_window: Optional[int]  # frames a query sees (rolling), or None
 
   @property
@@ -145,7 +145,10 @@ def make_plan(model, grid: diffusion.DDIMGrid, num_frames: int, s: int,
     window = generated if s == 0 else min(generated, math.ceil(num_steps / s))
     starts, commit = _cached_window_starts(update_mask, window, context_frames)
     first_frame = starts
-    cache_slots = min(num_frames, model_window)
+    # No cache at all when the window never moves and there is no context (s = 0):
+    # attending over empty slots would only cost time.
+    if context_frames or np.any(commit >= 0):
+      cache_slots = min(num_frames, model_window)
 
   gather = lambda a: np.stack([a[r, starts[r]:starts[r] + window] for r in range(num_rows)])
   return Plan(num_frames=num_frames, context_frames=context_frames, mode=mode, window=window,
@@ -239,7 +242,7 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
       return _write(cache, kv, first, count, tokens)
 
     cache = None
-    if plan.mode == "cached":
+    if plan.cache_slots:
       cache = _empty_cache(model, cache_batch, plan.cache_slots, model.dtype)
       # Prefill the context in chunks that never wrap the ring.
       for first in range(0, context_frames, plan.cache_slots):

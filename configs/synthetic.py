@@ -34,7 +34,7 @@ def get_config(arg=None):
 
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic",
-      num_videos=64 if smoke else 2048,
+      num_videos={"smoke": 64, "vae_smoke": 64, "default": 1024}.get(variant, 2048),
       num_frames=8 if smoke else 16,
       resolution=32 if smoke else 64,
       min_balls=1,
@@ -63,7 +63,7 @@ def get_config(arg=None):
   causal = variant == "vae_causal"
   config.vae_train = ml_collections.ConfigDict(dict(
       batch_size=8 if smoke else 32,
-      steps=20 if smoke else 3000,
+      steps={"smoke": 20, "vae_smoke": 20, "default": 600}.get(variant, 3000),  # default: the demo's budget
       clip_frames=config.data.num_frames if causal else 1,
       lr=1e-4 if causal else 2e-4,  # 1e-3 made the tiny tokenizer unstable
       disc_lr=2e-4,
@@ -115,7 +115,7 @@ def get_config(arg=None):
 
   config.train = ml_collections.ConfigDict(dict(
       batch_size=8 if smoke else 32,
-      steps=20 if smoke else 3000,
+      steps={"smoke": 20, "vae_smoke": 20, "default": 1200}.get(variant, 3000),
       lr=1e-3,
       lr_schedule="cosine",
       lr_final=1e-5,

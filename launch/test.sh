@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh --test
-if [[ $# -eq 0 ]]; then set -- -m "not slow"; fi
-exec .venv/bin/python -m pytest -q "$@"
+if [[ $# -eq 0 ]]; then set -- -m "not slow" tests colabs; fi
+# Notebooks run under nbmake at smoke size.
+export ARDIFF_SMOKE=1
+exec .venv/bin/python -m pytest -q --nbmake "$@"

@@ -60,6 +60,8 @@ def test_cached_equals_full_for_a_causal_model(num_frames, s):
   assert cached_plan.rows == full_plan.rows == STEPS + s * (num_frames - 1)
   if s:
     assert cached_plan.window == min(num_frames, -(-STEPS // s))
+  else:
+    assert cached_plan.cache_slots == 0  # one window over every frame: nothing to cache
   assert np.abs(full).max() > 0.1  # not a degenerate all-zero sample
 
 
