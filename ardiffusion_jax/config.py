@@ -213,6 +213,9 @@ def _validate_dit(dit_config):
   _require(model.hidden_size % 2 == 0, "dit.hidden_size", "must be even (sin-cos positions)")
   _require(model.num_frames >= 1, "dit.num_frames", f"must be >= 1, got {model.num_frames}")
   _require(model.num_classes >= 0, "dit.num_classes", f"must be >= 0, got {model.num_classes}")
+  _require(model.attention_chunks >= 1 and model.num_frames % model.attention_chunks == 0,
+           "dit.attention_chunks", f"must divide num_frames={model.num_frames}, got "
+                                   f"{model.attention_chunks}")
   _require(str(dit_config.dtype) in ("float32", "bfloat16"), "dit.dtype",
            f"expected 'float32' or 'bfloat16', got {dit_config.dtype!r}")
 

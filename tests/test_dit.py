@@ -128,3 +128,24 @@ def test_official_positions_cover_only_the_trained_window():
   model = _tiny("official", num_frames=2)
   with pytest.raises(ValueError, match="covers 2 frames"):
     model.init(jax.random.key(0), *_inputs())
+
+
+@pytest.mark.parametrize("variant", ["official", "clean"])
+def test_chunked_causal_attention_is_exact(variant):
+  """Skipping the masked blocks (attention_chunks) changes neither outputs nor gradients."""
+  x, t = _inputs()
+  plain, chunked = _tiny(variant), _tiny(variant, attention_chunks=FRAMES)
+  variables = _randomised(plain, x, t)
+
+  def loss(params, model):
+    return jnp.sum(jnp.square(model.apply(dict(variables, params=params), x, t)))
+
+  np.testing.assert_allclose(chunked.apply(variables, x, t), plain.apply(variables, x, t),
+                             rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(loss)(variables["params"], m) for m in (plain, chunked)]
+  for a, b in zip(*map(jax.tree.leaves, grads)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+  # Fewer frames than chunks at call time: the chunking follows gcd(chunks, frames).
+  x3, t3 = x[:, :3], t[:, :3]
+  np.testing.assert_allclose(chunked.apply(variables, x3, t3), plain.apply(variables, x3, t3),
+                             rtol=1e-5, atol=1e-5)

@@ -19,6 +19,7 @@ also run on a window of frames with the keys and values of earlier frames from a
 `KVCache` (the AD sampler's cached mode, `sampling.py`).
 """
 
+import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -89,6 +90,7 @@ class Block(nn.Module):
   context_tokens: int
   use_rope: bool
   dtype: Any = jnp.float32
+  attention_chunks: int = 1
 
   @nn.compact
   def __call__(self, x, cond, mask, positions, kv_cache=None):
@@ -106,7 +108,7 @@ class Block(nn.Module):
       return jnp.concatenate([tokens[:, :c], fn(video, *args).reshape(batch, -1, width)], axis=1)
 
     attention = layers.Attention(self.num_heads, use_rope=self.use_rope, dtype=self.dtype,
-                                 name="attn")
+                                 causal_chunks=self.attention_chunks, prefix=c, name="attn")
     mlp = layers.Mlp(int(width * self.mlp_ratio), dtype=self.dtype, name="mlp")
     kv = None
 
@@ -153,6 +155,7 @@ class DiT(nn.Module):
   final_modulation: bool = True
   scan_layers: bool = False
   remat: bool = False
+  attention_chunks: int = 1  # skip masked blocks: query frames in this many groups (exact)
   dtype: Any = jnp.float32
 
   @property
@@ -240,7 +243,8 @@ class DiT(nn.Module):
 
     block_kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
                         residual=self.residual, context_tokens=self.context_tokens,
-                        use_rope=self.position == "rope", dtype=self.dtype)
+                        use_rope=self.position == "rope", dtype=self.dtype,
+                        attention_chunks=math.gcd(self.attention_chunks, frames))
     if self.scan_layers:
       block = nn.remat(Block, prevent_cse=False) if self.remat else Block
       h, kv = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
