@@ -193,6 +193,8 @@ def _validate_vae_train(train, data, vae, mesh_shape):
   _require(train.trainable != "temporal" or vae.temporal_causal, "vae_train.trainable",
            "'temporal' needs vae.temporal_causal = True (there are no temporal blocks)")
   _require(train.perceptual_weight >= 0, "vae_train.perceptual_weight", "must be >= 0")
+  _require(train.get("pixel_loss", "l1") in ("l1", "l2"), "vae_train.pixel_loss",
+           f"expected 'l1' (the authors') or 'l2', got {train.get('pixel_loss')!r}")
   for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
     _require(train[field] >= 1, f"vae_train.{field}", f"must be >= 1, got {train[field]}")
 

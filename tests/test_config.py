@@ -21,6 +21,8 @@ def test_variants_load_and_validate(variant):
     (["sample.s_values=(0, 60)"], "sample.s_values"),
     (["mesh.fsdp=3"], "mesh"),
     (["diffusion.beta_schedule='quadratic'"], "diffusion.beta_schedule"),
+    (["vae_train.pixel_loss='l3'"], "vae_train.pixel_loss"),
+    (["dit.attention_chunks=3"], "dit.attention_chunks"),
 ])
 def test_bad_fields_are_named(overrides, field):
   with pytest.raises(ConfigError) as error:

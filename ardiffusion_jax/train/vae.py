@@ -1,7 +1,7 @@
 """AR-VAE training in the paper's three stages, on the shared loop (`train/loop.py`).
 
-Stage 1 (frames): L1 + perceptual reconstruction of single frames through the sampled,
-normalised latent. Stage 2: from `vae_train.disc_start` the PatchGAN joins; odd steps
+Stage 1 (frames): L1 (or MSE, `vae_train.pixel_loss`) + perceptual reconstruction of
+single frames through the sampled, normalised latent. Stage 2: from `vae_train.disc_start` the PatchGAN joins; odd steps
 train the discriminator only and even steps the generator, whose adversarial term is
 weighted by the ratio of gradient norms at the decoder's last layer (spec §1.6-1.7).
 Stage 3 (`vae_causal`): the temporally causal decoder blocks are finetuned on clips,
@@ -95,13 +95,16 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
   def reconstruct(params, video, key):
     return model.apply({"params": params}, video, sample_posterior=True, rng=key)[0]
 
+  squared = train_config.get("pixel_loss", "l1") == "l2"
+
   def nll_of(video, recon):
     l1 = jnp.mean(jnp.abs(video - recon))
+    pixel = jnp.mean(jnp.square(video - recon)) if squared else l1
     perceptual = jnp.zeros(())
     if perceptual_fn is not None:
       flat = lambda v: v.reshape((-1,) + v.shape[2:])
       perceptual = jnp.mean(perceptual_fn(flat(video), flat(recon)))
-    return l1 + train_config.perceptual_weight * perceptual, l1, perceptual
+    return pixel + train_config.perceptual_weight * perceptual, l1, perceptual
 
   def discriminate(disc_params, batch_stats, images):
     logits, updates = disc_model.apply({"params": disc_params, "batch_stats": batch_stats},
