@@ -242,6 +242,9 @@ def _sample(args) -> int:
   if args.s > generator.grid.num_steps:
     raise ConfigError("--s", f"must be in [0, S={generator.grid.num_steps}], got {args.s}")
   context = None
+  if args.context_frames is not None and not 1 <= args.context_frames < args.frames:
+    raise ConfigError("--context-frames", f"must be in [1, --frames - 1 = {args.frames - 1}], "
+                                          f"got {args.context_frames}")
   if args.context:
     keep = min(args.context_frames or args.frames - 1, args.frames - 1)
     context = generator.context_from_file(args.context, keep)

@@ -94,6 +94,9 @@ def test_sample_cli_rejects_bad_settings_clearly(demo_dir, tmp_path, capsys):
   assert "--s" in capsys.readouterr().err
   assert cli.main(["sample", "--ckpt", ckpt, "--label", "7", "--out", str(tmp_path)]) == 1
   assert "labels must be in [0, 2]" in capsys.readouterr().err
+  assert cli.main(["sample", "--ckpt", ckpt, "--frames", "8", "--context-frames", "8",
+                   "--context", "x.mp4", "--out", str(tmp_path)]) == 1
+  assert "--context-frames" in capsys.readouterr().err
   assert cli.main(["sample", "--ckpt", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 1
   assert "no DiT checkpoint" in capsys.readouterr().err
   assert cli.main(["sample", "--ckpt", ckpt, "--context", str(tmp_path / "missing.mp4"),
