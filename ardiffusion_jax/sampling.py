@@ -82,11 +82,11 @@ def _sliding_window_starts(update_mask, step_index, window: int, num_steps: int)
             f"use a larger s, or the clean variant's rolling cache")
       start += 1
     starts[r] = start
-    outside = np.flatnonzero(update_mask[r])
-    if outside.size and (outside.min() < start or outside.max() >= start + window):
+    updated = np.flatnonzero(update_mask[r])
+    if updated.min() < start or updated.max() >= start + window:
       raise ValueError(
           f"the official sliding window covers frames {start}..{start + window - 1} at row "
-          f"{r}, but frames {outside.min()}..{outside.max()} are due an update: s = 0 with "
+          f"{r}, but frames {updated.min()}..{updated.max()} are due an update: s = 0 with "
           f"more frames than the window ({num_frames} > {window}) cannot run, as in the "
           f"authors' code; use s >= 1 or at most {window} frames")
   return starts
@@ -98,12 +98,11 @@ def _cached_window_starts(update_mask, window: int, context_frames: int):
   num_rows, num_frames = update_mask.shape
   first_active = np.argmax(update_mask, axis=1)
   starts = np.minimum(first_active, num_frames - window).astype(np.int32)
-  rows = np.arange(num_rows)
-  for r in rows:
+  for r in range(num_rows):
     active = np.flatnonzero(update_mask[r])
     assert active.min() >= starts[r] and active.max() < starts[r] + window, "AD band too wide"
   previous = np.concatenate([[context_frames], starts[:-1]])
-  assert np.all(np.diff(np.concatenate([[context_frames], starts])) <= 1), "window jumped"
+  assert np.all(starts - previous <= 1), "the window moved more than one frame in a row"
   commit = np.where(starts > previous, starts - 1, -1).astype(np.int32)
   return starts, commit
 
