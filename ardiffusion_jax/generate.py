@@ -110,18 +110,19 @@ class Generator:
                                 progress=(lambda _: bar.update()) if show_progress else None)
     bar = tqdm.tqdm(total=plan.rows * -(-num // batch_size), desc=f"sample s={s}",
                     unit="row", disable=not show_progress)
-    outputs, compile_seconds, run_seconds = [], 0.0, 0.0
+    outputs, compiled, compile_seconds, run_seconds = [], {}, 0.0, 0.0
     key = jax.random.key(seed)
     for first in range(0, num, batch_size):
       count = min(batch_size, num - first)
       args = (self.variables, jax.random.fold_in(key, first), count,
               None if context is None else jnp.asarray(context[first:first + count]),
               None if label is None else jnp.asarray(label[first:first + count]))
+      if count not in compiled:  # one compilation per batch size (the last may be smaller)
+        started = time.perf_counter()
+        compiled[count] = sample.lower(*args).compile()
+        compile_seconds += time.perf_counter() - started
       started = time.perf_counter()
-      compiled = sample.lower(*args).compile()
-      compile_seconds += time.perf_counter() - started
-      started = time.perf_counter()
-      outputs.append(np.asarray(jax.block_until_ready(compiled(*args[:2], *args[3:]))))
+      outputs.append(np.asarray(jax.block_until_ready(compiled[count](*args[:2], *args[3:]))))
       run_seconds += time.perf_counter() - started
     bar.close()
     timing = {"rows": plan.rows, "window": plan.window, "compile_seconds": compile_seconds,

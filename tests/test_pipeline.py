@@ -80,7 +80,8 @@ def test_sample_cli_writes_videos_and_continues_a_video(demo_dir, tmp_path):
   context_video = out / "sample_000.mp4"
   continued = tmp_path / "continued"
   assert cli.main(["sample", "--ckpt", str(demo_dir / "dit"), "--frames", "10", "--s", "2",
-                   "--num", "2", "--context", str(context_video), "--context-frames", "3",
+                   "--num", "2", "--batch-size", "1", "--context", str(context_video),
+                   "--context-frames", "3",
                    "--out", str(continued)]) == 0
   generator = generate.Generator.from_checkpoint(demo_dir / "dit")  # VAE from latents_info
   expected = generator.context_from_file(context_video, 3)
