@@ -305,8 +305,96 @@ def bench_sampling(argv):
       "jax": jax.__version__})
 
 
+def _write_safetensors_streaming(path, shapes: dict, make) -> int:
+  """Writes a safetensors file one tensor at a time (header, then raw float32 data), so
+  a multi-GB state dict never sits in memory. Returns the file size."""
+  header, offset = {}, 0
+  for name, shape in shapes.items():
+    size = 4 * int(np.prod(shape))
+    header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+    offset += size
+  encoded = json.dumps(header).encode()
+  encoded += b" " * (-len(encoded) % 8)
+  with open(path, "wb") as f:
+    f.write(len(encoded).to_bytes(8, "little"))
+    f.write(encoded)
+    for name, shape in shapes.items():
+      f.write(np.ascontiguousarray(make(name, shape), np.float32).tobytes())
+  return 8 + len(encoded) + offset
+
+
+def bench_convert(argv):
+  """Converts a random paper-size official DiT state dict (671.9M trainable parameters,
+  written under the official keys) and reports the converter's peak memory."""
+  import resource
+  import shutil
+  import subprocess
+  import tempfile
+
+  from ardiffusion_jax import config as config_lib
+  from ardiffusion_jax.convert import official
+  from ardiffusion_jax.models import dit
+
+  parser = argparse.ArgumentParser(prog="bench convert")
+  parser.add_argument("--config", default="configs/synthetic.py:paper")
+  parser.add_argument("--workdir", help="where the 2.7 GB input and output go (default: a temporary folder)")
+  parser.add_argument("--out", default="bench_results/convert.json")
+  args = parser.parse_args(argv)
+  config = config_lib.load_config(args.config)
+  model = dit.dit_from_config(config.dit)
+  p = official.DIT_PREFIX
+  width, frames, tokens = model.hidden_size, model.num_frames, model.tokens_per_frame
+  shapes = {"context_emb": (model.context_tokens, model.context_dim)}
+  shapes.update({key: value.shape for key, value in official.expected_buffers(config, model).items()})
+  linears = {"x_embedder": (width, model.in_channels), "t_embedder.mlp.0": (width, 256),
+             "t_embedder.mlp.2": (width, width), "c_embedder": (width, model.context_dim)}
+  hidden = int(width * model.mlp_ratio)
+  for i in range(model.depth):
+    linears.update({f"blocks.{i}.attn.qkv": (3 * width, width), f"blocks.{i}.attn.proj": (width, width),
+                    f"blocks.{i}.mlp.fc1": (hidden, width), f"blocks.{i}.mlp.fc2": (width, hidden),
+                    f"blocks.{i}.adaLN_modulation.1": (6 * width, width)})
+  linears["final_layer.1"] = (model.in_channels, width)
+  for name, shape in linears.items():
+    shapes[f"{p}{name}.weight"], shapes[f"{p}{name}.bias"] = shape, shape[:1]
+  trainable = sum(int(np.prod(s)) for k, s in shapes.items()
+                  if k.startswith(p) and not k.endswith("pos_embed"))
+  buffers = official.expected_buffers(config, model)
+  rng = np.random.default_rng(0)
+
+  def make(name, shape):
+    if name in buffers:
+      return buffers[name]
+    return rng.standard_normal(shape, dtype=np.float32) * 0.02
+
+  workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_"))
+  workdir.mkdir(parents=True, exist_ok=True)
+  source = workdir / "model.safetensors"
+  try:
+    size = _write_safetensors_streaming(source, shapes, make)
+    start = time.perf_counter()
+    # A child process, so its peak resident memory is the converter's alone.
+    subprocess.run([sys.executable, "-m", "ardiffusion_jax.cli", "convert", "official-dit",
+                    "--input", str(source), "--output", str(workdir / "converted"),
+                    "--config", args.config], check=True)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    written = sum(f.stat().st_size for f in (workdir / "converted").rglob("*") if f.is_file())
+  finally:
+    if not args.workdir:
+      shutil.rmtree(workdir, ignore_errors=True)
+  output = {"benchmark": "convert", "trainable_parameters": trainable,
+            "input_gb": size / 1e9, "output_gb": written / 1e9, "seconds": seconds,
+            "peak_rss_gb": peak_kb / 1e6, "jax": jax.__version__}
+  _print_table(["metric", "value"], [
+      ["state dict", f"{trainable:,} trainable parameters, {size / 1e9:.2f} GB safetensors"],
+      ["conversion", f"{seconds:.1f} s, peak RSS {peak_kb / 1e6:.2f} GB (converter process)"],
+      ["orbax output", f"{written / 1e9:.2f} GB"],
+  ])
+  return _write(args.out, output)
+
+
 BENCHMARKS = {"timesteps": bench_timesteps, "train_step": bench_train_step, "vae": bench_vae,
-              "sampling": bench_sampling}
+              "sampling": bench_sampling, "convert": bench_convert}
 
 
 def _print_table(header, rows):

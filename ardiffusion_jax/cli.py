@@ -104,18 +104,49 @@ def build_parser() -> argparse.ArgumentParser:
 
   convert = commands.add_parser(
       "convert", help="convert weights between PyTorch files and ours",
-      description="Convert weights. `lpips` writes the perceptual loss's .npz from "
-                  "torchvision's VGG-16 and the LPIPS v0.1 heads. The official DiT/VAE, "
-                  "TiTok-init and portable conversions arrive with issue 6.")
+      description="Convert weights. `official-dit` / `official-vae` read the authors' "
+                  "AR-Diffusion and AR-VAE (TiTok_KL, TiTok_KL_wT) checkpoints, `titok-init` "
+                  "maps TiTok-L-32 to an AR-VAE initialisation, `portable` reads what "
+                  "`ardiff export` wrote, `lpips` writes the perceptual loss's .npz. Inputs: "
+                  ".safetensors, .npz, or .bin/.pt/.pth with torch installed.")
   kinds = convert.add_subparsers(dest="kind", required=True, metavar="KIND")
   lpips_parser = kinds.add_parser("lpips", help="VGG-16 + LPIPS heads -> .npz",
                                   description="Reads .pth (needs torch), .safetensors or .npz.")
   lpips_parser.add_argument("--vgg", required=True, help="torchvision vgg16-397923af.pth")
   lpips_parser.add_argument("--lin", required=True, help="LPIPS v0.1 vgg.pth (lin0..lin4)")
   lpips_parser.add_argument("--out", required=True, help="output .npz")
-  for kind in ("official-dit", "official-vae", "titok-init", "portable"):
-    pending = kinds.add_parser(kind, help="not available yet (issue 6)")
-    pending.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+  official_help = {
+      "official-dit": "the authors' AR-Diffusion model.safetensors -> an `official` DiT run",
+      "official-vae": "the authors' AR-VAE (optionally temporal-causal) -> an `official` AR-VAE run",
+      "titok-init": "TiTok-L-32 weights -> an AR-VAE init for vae_train.init_from",
+  }
+  for kind, text in official_help.items():
+    sub = kinds.add_parser(kind, help=text, description=text + ". Sizes come from the tensor "
+                           "shapes; heads (and GroupNorm groups) from --set when not the "
+                           "official ones. Every missing, unexpected or mis-shaped key is "
+                           "reported together.")
+    sub.add_argument("--input", required=True, help="state dict file")
+    sub.add_argument("--output", required=True, help="new run folder (checkpoints/0 + config)")
+    _add_config(sub, default="configs/synthetic.py:paper")
+    sub.add_argument("--num-heads", type=int, help="attention heads (default: width / "
+                     "the official head size, 72 for the DiT, 64 for the AR-VAE)")
+    if kind != "official-dit":
+      sub.add_argument("--norm-groups", type=int, help="pixel decoder GroupNorm groups (default 32)")
+    sub.add_argument("--allow-missing", action="store_true",
+                     help="load a partial state dict on purpose (missing leaves keep a fresh init)")
+  portable_parser = kinds.add_parser("portable", help="a portable export -> our run layout")
+  portable_parser.add_argument("--input", required=True, help="folder written by ardiff export")
+  portable_parser.add_argument("--output", required=True, help="new run folder")
+
+  export = commands.add_parser(
+      "export", help="write a checkpoint as plain '/'-keyed weights + JSON config",
+      description="Write the newest checkpoint of a DiT (EMA weights by default) or AR-VAE "
+                  "run as a folder other JAX pipelines load without this package: "
+                  "config.json plus model.safetensors or an orbax params/ tree.")
+  export.add_argument("--ckpt", required=True, help="run folder or its checkpoints folder")
+  export.add_argument("--format", choices=("safetensors", "orbax"), default="safetensors")
+  export.add_argument("--out", required=True, help="output folder (new or empty)")
+  export.add_argument("--no-ema", action="store_true", help="DiT: the raw weights, not the EMA")
 
   plan = commands.add_parser(
       "plan", help="AOT-compile the train step on N devices and print per-device memory",
@@ -149,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "or latents.npz")
   sample.add_argument("--context-frames", type=int,
                       help="frames of --context to keep (default: all, up to --frames - 1)")
-  sample.add_argument("--mode", choices=("cached", "full"), default="cached",
-                      help="cached: KV cache, causal models (default); full: the authors' way")
+  sample.add_argument("--mode", choices=("cached", "full"),
+                      help="cached: KV cache (default for strictly causal models); full: the "
+                           "authors' way (default for the official variant)")
   sample.add_argument("--steps", type=int, help="DDIM steps S (default: the config's)")
   sample.add_argument("--eta", type=float, help="DDIM eta (default: the config's)")
   sample.add_argument("--seed", type=int, default=0)
@@ -169,6 +201,36 @@ def build_parser() -> argparse.ArgumentParser:
                                           f"{PENDING[name]}.")
     sub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
   return parser
+
+
+def _convert(args) -> int:
+  if args.kind == "lpips":
+    from ardiffusion_jax.convert.lpips import convert_lpips
+    convert_lpips(args.vgg, args.lin, args.out)
+    print(f"ardiff convert lpips: wrote {args.out}")
+    return 0
+  if args.kind == "portable":
+    from ardiffusion_jax.convert import portable
+    bundle = portable.convert_portable(args.input, args.output)
+    print(f"ardiff convert portable: {len(bundle.flat)} tensors -> {args.output}/checkpoints")
+    return 0
+  from ardiffusion_jax import config as config_lib
+  from ardiffusion_jax.convert import official
+  convert = {"official-dit": official.convert_official_dit,
+             "official-vae": official.convert_official_vae,
+             "titok-init": official.convert_titok_init}[args.kind]
+  config = config_lib.load_config(args.config, args.overrides)
+  section = config.dit if args.kind == "official-dit" else config.vae
+  if args.num_heads:
+    section.num_heads = args.num_heads
+  if getattr(args, "norm_groups", None):
+    section.norm_groups = args.norm_groups
+  config, missing = convert(args.input, args.output, config, allow_missing=args.allow_missing)
+  if missing:
+    print(f"ardiff convert {args.kind}: {len(missing)} keys missing, left at a fresh init: "
+          + ", ".join(missing), file=sys.stderr)
+  print(f"ardiff convert {args.kind}: wrote {args.output}/checkpoints/0")
+  return 0
 
 
 def main(argv=None) -> int:
@@ -205,13 +267,11 @@ def main(argv=None) -> int:
             f"{result['skipped']} of {result['shards']} shards already done; see {args.out}")
       return 0
     if args.command == "convert":
-      if args.kind != "lpips":
-        print(f"ardiff convert {args.kind}: not available yet; it arrives with issue 6.",
-              file=sys.stderr)
-        return 2
-      from ardiffusion_jax.convert.lpips import convert_lpips
-      convert_lpips(args.vgg, args.lin, args.out)
-      print(f"ardiff convert lpips: wrote {args.out}")
+      return _convert(args)
+    if args.command == "export":
+      from ardiffusion_jax.convert import portable
+      bundle = portable.export(args.ckpt, args.format, args.out, use_ema=not args.no_ema)
+      print(f"ardiff export: {len(bundle.flat)} {bundle.weights} {bundle.kind} tensors -> {args.out}")
       return 0
     if args.command == "plan":
       return _plan(args)
@@ -241,6 +301,7 @@ def _sample(args) -> int:
                           "pass --vae-ckpt RUN, or --latents-only")
   if args.s > generator.grid.num_steps:
     raise ConfigError("--s", f"must be in [0, S={generator.grid.num_steps}], got {args.s}")
+  mode = args.mode or ("cached" if generator.model.strictly_causal else "full")
   context = None
   if args.context_frames is not None and not 1 <= args.context_frames < args.frames:
     raise ConfigError("--context-frames", f"must be in [1, --frames - 1 = {args.frames - 1}], "
@@ -253,12 +314,12 @@ def _sample(args) -> int:
   try:
     latents, timing = generator.sample_latents(
         args.num, args.frames, args.s, batch_size=args.batch_size, seed=args.seed,
-        label=args.label, cfg_scale=args.cfg, context=context, mode=args.mode, eta=args.eta)
+        label=args.label, cfg_scale=args.cfg, context=context, mode=mode, eta=args.eta)
   except ValueError as error:  # a setting the sampler cannot run, with the constraint named
     raise ConfigError("sample", str(error)) from error
   videos = None if args.latents_only else generator.decode(latents)
   settings = dict(ckpt=str(args.ckpt), frames=args.frames, s=args.s, num=args.num,
-                  steps=generator.grid.num_steps, mode=args.mode, cfg=args.cfg,
+                  steps=generator.grid.num_steps, mode=mode, cfg=args.cfg,
                   label=args.label, seed=args.seed,
                   context_frames=0 if context is None else len(context), **timing)
   summary = generate.write_outputs(args.out, videos, latents, settings, fps=args.fps)

@@ -68,7 +68,11 @@ class Generator:
       checkpointer.close()
     if "dit" not in config:
       raise CheckpointError(f"{ckpt} is not a DiT run (its config has no 'dit' section)")
-    variables = {"params": state["ema_params" if use_ema else "params"]}
+    weights = "ema_params" if use_ema else "params"
+    if weights not in state:  # converted or imported checkpoints hold one set of weights
+      raise CheckpointError(f"{ckpt} holds no {weights!r} (it holds {sorted(state)}); "
+                            f"{'drop --no-ema' if not use_ema else 'pass --no-ema'}")
+    variables = {"params": state[weights]}
     if state.get("constants"):
       variables["constants"] = state["constants"]
     steps = sampling_steps or config.diffusion.sampling_steps

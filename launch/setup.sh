@@ -3,7 +3,7 @@
 # with the pinned versions in launch/constraints.txt. Safe to re-run: it skips the
 # install when nothing it depends on changed.
 #   bash launch/setup.sh          # package only
-#   bash launch/setup.sh --test   # plus the test extras (pytest, nbmake, scipy)
+#   bash launch/setup.sh --test   # plus the test extras (pytest, nbmake, scipy, torch)
 #   JAX_EXTRA=cuda12 bash launch/setup.sh   # GPU wheels (jax[cuda12]); JAX_EXTRA=tpu for TPU VMs
 set -euo pipefail
 cd "$(dirname "$0")/.."

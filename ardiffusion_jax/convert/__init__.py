@@ -1,4 +1,8 @@
-"""Weight conversion: PyTorch state dicts in, our parameter trees out (and back)."""
+"""Weight conversion: PyTorch state dicts in, our parameter trees out (and back).
+
+State dicts are read one tensor at a time (`open_state_dict`), so converting the paper's
+672M-parameter DiT holds the converted tree and one tensor, not three copies.
+"""
 
 import pathlib
 
@@ -7,23 +11,108 @@ import numpy as np
 from ardiffusion_jax.errors import CheckpointError
 
 
-def read_state_dict(path) -> dict:
-  """A PyTorch state dict as numpy arrays, from .pth/.pt/.bin (needs torch),
-  .safetensors or .npz."""
+class StateDict:
+  """A read-only, lazy view of a state dict: keys, shapes without loading, and tensors
+  as float32 numpy arrays on access. A leading `module.` (DDP) is stripped."""
+
+  def __init__(self, path, shapes: dict, load, names: dict = None):
+    self.path = str(path)
+    self._shapes = shapes  # key -> shape
+    self._load = load  # stored name -> numpy array
+    self._names = names or {key: key for key in shapes}  # key -> stored name
+
+  def keys(self):
+    return self._shapes.keys()
+
+  def __contains__(self, key):
+    return key in self._shapes
+
+  def shape(self, key) -> tuple:
+    return tuple(self._shapes[key])
+
+  def __getitem__(self, key) -> np.ndarray:
+    return np.asarray(self._load(self._names[key]), np.float32)
+
+  def without(self, keys) -> "StateDict":
+    keep = {k: v for k, v in self._shapes.items() if k not in set(keys)}
+    return StateDict(self.path, keep, self._load, {k: self._names[k] for k in keep})
+
+  def mapped(self, mapping, extra: dict) -> "StateDict":
+    """A renamed/transformed view: mapping(key) -> (new key or None to drop, fn or None);
+    `extra` adds in-memory tensors."""
+    shapes, sources = {}, {}
+    for key in self.keys():
+      new, fn = mapping(key)
+      if new is None:
+        continue
+      sources[new] = (key, fn)
+      # A transform's output shape: apply it to a dummy of the input's shape.
+      shapes[new] = self.shape(key) if fn is None else fn(np.empty(self.shape(key), np.bool_)).shape
+    for new, value in extra.items():
+      shapes[new], sources[new] = value.shape, (None, lambda _, v=value: v)
+
+    def load(new):
+      key, fn = sources[new]
+      value = self[key] if key is not None else None
+      return value if fn is None else fn(value)
+    return StateDict(self.path, shapes, load)
+
+
+def open_state_dict(path) -> StateDict:
+  """.safetensors (memory-mapped), .npz, or .pth/.pt/.bin (needs torch; loaded with
+  mmap where the file allows). A `state_dict` entry (Lightning) is unwrapped."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise CheckpointError(f"{path} not found")
-  if path.suffix == ".npz":
-    with np.load(path) as data:
-      return {key: data[key] for key in data.files}
   if path.suffix == ".safetensors":
-    from safetensors.numpy import load_file
-    return load_file(str(path))
+    from safetensors import safe_open
+    handle = safe_open(str(path), framework="numpy")
+    stored = list(handle.keys())
+    shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in stored}
+    load = handle.get_tensor
+  elif path.suffix == ".npz":
+    data = np.load(path)
+    stored = list(data.files)
+    shapes = {name: data[name].shape for name in stored}
+    load = data.__getitem__
+  else:
+    try:
+      import torch
+    except ImportError as error:
+      raise CheckpointError(f"reading {path} needs PyTorch: pip install 'ardiffusion_jax[convert]' "
+                            "(CPU is enough), or convert the file to .safetensors") from error
+    try:
+      state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # old (non-zip) serialisation cannot be memory-mapped
+      state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    stored = list(state)
+    shapes = {name: tuple(state[name].shape) for name in stored}
+    load = lambda name: state[name].float().numpy()
+  names = {}
+  for name in stored:
+    key = name.removeprefix("module.")
+    if key in names:
+      raise CheckpointError(f"{path} holds both {key!r} and 'module.{key}'")
+    names[key] = name
+  return StateDict(path, {key: shapes[name] for key, name in names.items()}, load, names)
+
+
+def read_state_dict(path) -> dict:
+  """A whole state dict as float32 numpy arrays (small files such as LPIPS)."""
+  state = open_state_dict(path)
+  return {key: state[key] for key in state.keys()}
+
+
+def write_model_checkpoint(output, config, state: dict, step: int = 0):
+  """An orbax checkpoint in our run layout (`OUTPUT/checkpoints/STEP`) holding model
+  weights only: `ema_params` (+ `constants`) for a DiT, `params` for an AR-VAE."""
+  from ardiffusion_jax.train.checkpoint import Checkpointer
+  checkpointer = Checkpointer(pathlib.Path(output) / "checkpoints", async_save=False)
   try:
-    import torch
-  except ImportError as error:
-    raise CheckpointError(f"reading {path} needs PyTorch: pip install torch (CPU is enough), "
-                          "or convert the file to .safetensors elsewhere") from error
-  state = torch.load(str(path), map_location="cpu", weights_only=True)
-  state = state.get("state_dict", state)
-  return {key.removeprefix("module."): value.float().numpy() for key, value in state.items()}
+    if checkpointer.latest_step() is not None:
+      raise CheckpointError(f"{output} already holds a checkpoint; choose a new --output folder")
+    checkpointer.save(step, state, config=config, force=True)
+    checkpointer.wait()
+  finally:
+    checkpointer.close()

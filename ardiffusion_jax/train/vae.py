@@ -25,7 +25,7 @@ from ardiffusion_jax.errors import CheckpointError
 from ardiffusion_jax.models import ar_vae, discriminator, lpips
 from ardiffusion_jax.train import loop, sharding
 from ardiffusion_jax.train import state as state_lib
-from ardiffusion_jax.train.checkpoint import Checkpointer
+from ardiffusion_jax.train.checkpoint import Checkpointer, checkpoint_dir
 
 LAST_LAYER = ("pixel_decoder", "conv_out", "kernel")
 
@@ -226,7 +226,7 @@ def video_source(config):
 def _warm_start(state, init_from):
   """Copies generator params from another run's newest checkpoint (stage 3 from stage 2);
   parameters missing there (the temporal blocks) keep their fresh initialisation."""
-  checkpointer = Checkpointer(init_from)
+  checkpointer = Checkpointer(checkpoint_dir(init_from), async_save=False)
   if checkpointer.latest_step() is None:
     raise CheckpointError(f"vae_train.init_from={init_from!r} holds no checkpoint")
   source = checkpointer.restore_raw()["params"]

@@ -1,0 +1,211 @@
+"""Official checkpoints -> ours, proven against a PyTorch reference written from the spec
+(tests/official_reference.py) with random weights under the official key names."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import jax.numpy as jnp  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+from ardiffusion_jax import cli, config as config_lib  # noqa: E402
+from ardiffusion_jax.convert import official, portable  # noqa: E402
+from ardiffusion_jax.data.video import read_video  # noqa: E402
+from ardiffusion_jax.errors import CheckpointError  # noqa: E402
+from ardiffusion_jax.models import ar_vae, dit  # noqa: E402
+from ardiffusion_jax.train.checkpoint import Checkpointer  # noqa: E402
+from tests import official_reference as ref  # noqa: E402
+
+FRAMES, TOKENS = 4, 32
+
+
+def _config(*overrides):
+  return config_lib.load_config("configs/synthetic.py:smoke", list(overrides))
+
+
+def _rel_error(ours, theirs):
+  theirs = np.asarray(theirs, np.float64)
+  return float(np.max(np.abs(np.asarray(ours, np.float64) - theirs)) / np.max(np.abs(theirs)))
+
+
+def _restore(path):
+  checkpointer = Checkpointer(f"{path}/checkpoints", async_save=False)
+  try:
+    return checkpointer.restore_config(), checkpointer.restore_raw()
+  finally:
+    checkpointer.close()
+
+
+def _official_dit(num_classes, seed=0):
+  torch.manual_seed(seed)
+  net = ref.DiTCrossattn(hidden=64, depth=2, heads=2, num_frames=FRAMES, tokens=TOKENS, channels=4)
+  return ref.randomize(ref.BaseModel(net, num_classes=num_classes), seed=seed).eval()
+
+
+def _dit_inputs(num_classes, batch=2):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((batch, FRAMES, TOKENS, 4)).astype(np.float32)
+  t = np.sort(rng.integers(0, 1000, (batch, FRAMES)), axis=1)
+  label = rng.integers(0, num_classes + 1, batch) if num_classes else None
+  return x, t, label
+
+
+@pytest.mark.parametrize("num_classes,scan,fmt", [(0, True, "safetensors"), (3, False, "pt")])
+def test_official_dit_matches_the_pytorch_reference(tmp_path, num_classes, scan, fmt):
+  net = _official_dit(num_classes)
+  state = ref.numpy_state(net)
+  if fmt == "safetensors":
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path))
+  else:  # a DDP-wrapped torch file: the `module.` prefix is stripped
+    path = tmp_path / "model.pt"
+    torch.save({f"module.{k}": torch.from_numpy(v) for k, v in state.items()}, path)
+  config = _config(f"dit.scan_layers={scan}")
+  config.dit.num_heads = 2
+  official.convert_official_dit(path, tmp_path / "out", config)
+
+  saved_config, saved = _restore(tmp_path / "out")
+  assert saved_config.dit.variant == "official" and saved_config.dit.num_classes == num_classes
+  model = dit.dit_from_config(saved_config.dit)
+  x, t, label = _dit_inputs(num_classes)
+  variables = {"params": saved["ema_params"], "constants": saved["constants"]}
+  ours = model.apply(variables, jnp.asarray(x), jnp.asarray(t),
+                     None if label is None else jnp.asarray(label))
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(x), torch.from_numpy(t),
+                 None if label is None else torch.from_numpy(label)).numpy()
+  assert _rel_error(ours, theirs) <= 1e-5
+
+
+def _official_vae(temporal_frames=0, token_dim=4, seed=0):
+  torch.manual_seed(seed)
+  net = ref.TiTokKL(width=64, depth=2, heads=2, image_size=32, patch=8, token_dim=token_dim,
+                    temporal_frames=temporal_frames)
+  return ref.randomize(net, seed=seed).eval()
+
+
+def _vae_config():
+  config = _config()
+  config.vae.num_heads, config.vae.norm_groups = 2, 8
+  return config
+
+
+@pytest.mark.parametrize("temporal_frames", [0, 3])
+def test_official_vae_matches_the_pytorch_reference(tmp_path, temporal_frames):
+  net = _official_vae(temporal_frames)
+  save_file(ref.numpy_state(net), str(tmp_path / "vae.safetensors"))
+  official.convert_official_vae(tmp_path / "vae.safetensors", tmp_path / "out", _vae_config())
+
+  saved_config, saved = _restore(tmp_path / "out")
+  assert saved_config.vae.temporal_causal == bool(temporal_frames)
+  model = ar_vae.vae_from_config(saved_config.vae)
+  frames = max(temporal_frames, 2)
+  video = np.random.default_rng(1).uniform(size=(1, frames, 32, 32, 3)).astype(np.float32)
+  recon, mean, _ = model.apply({"params": saved["params"]}, jnp.asarray(video))
+  with torch.no_grad():
+    their_recon, their_mean = net(torch.from_numpy(video[0]).permute(0, 3, 1, 2))
+  # Their mean is [N, C, 1, L]: the legacy head and the pixel decoder both line up.
+  assert _rel_error(mean[0], their_mean[:, :, 0].permute(0, 2, 1).numpy()) <= 1e-5
+  assert _rel_error(recon[0], their_recon.permute(0, 2, 3, 1).numpy()) <= 1e-5
+
+
+def test_titok_init_maps_rows_and_copies_the_pixel_codebook(tmp_path):
+  state = ref.numpy_state(_official_vae(token_dim=6))  # conv_out: 12 channels, as TiTok-L-32
+  rng = np.random.default_rng(2)
+  state["decoder.decoder_embed.weight"] = rng.standard_normal((64, 12)).astype(np.float32)
+  state.pop("pixel_quantize_conv.weight"), state.pop("pixel_quantize_conv.bias")
+  state["quantize.embedding.weight"] = rng.standard_normal((16, 12)).astype(np.float32)
+  codebook = rng.standard_normal((64, 32)).astype(np.float32)  # [K, Z]
+  state["pixel_quantize.embedding.weight"] = codebook
+  save_file(state, str(tmp_path / "titok.safetensors"))
+  official.convert_titok_init(tmp_path / "titok.safetensors", tmp_path / "init", _vae_config())
+
+  params = _restore(tmp_path / "init")[1]["params"]
+  rows = [0, 1, 2, 3, 6, 7, 8, 9]
+  np.testing.assert_array_equal(params["encoder"]["conv_out"]["kernel"],
+                                state["encoder.conv_out.weight"][rows, :, 0, 0].T)
+  np.testing.assert_array_equal(params["encoder"]["conv_out"]["bias"], state["encoder.conv_out.bias"][rows])
+  np.testing.assert_array_equal(params["decoder"]["decoder_embed"]["kernel"],
+                                state["decoder.decoder_embed.weight"][:, :4].T)
+  np.testing.assert_array_equal(params["pixel_quantize_conv"]["kernel"], codebook)
+  np.testing.assert_array_equal(params["pixel_quantize_conv"]["bias"], np.zeros(32))
+
+
+def test_conversion_names_every_bad_key_together(tmp_path):
+  state = ref.numpy_state(_official_dit(0))
+  renamed = "diffusion_model.model.blocks.1.mlp.fc1.weight"
+  state["diffusion_model.model.blocks.1.mlp.fc_1.weight"] = state.pop(renamed)
+  state["diffusion_model.model.final_layer.1.weight"] = np.zeros((4, 32), np.float32)
+  save_file(state, str(tmp_path / "bad.safetensors"))
+  config = _config()
+  config.dit.num_heads = 2
+  with pytest.raises(CheckpointError) as error:
+    official.convert_official_dit(tmp_path / "bad.safetensors", tmp_path / "out", config)
+  message = str(error.value)
+  assert "missing: " + renamed in message
+  assert "unexpected: diffusion_model.model.blocks.1.mlp.fc_1.weight" in message
+  assert "final_layer.1.weight: shape (4, 32), expected (4, 64)" in message
+  assert not (tmp_path / "out").exists()
+
+
+def test_allow_missing_keeps_a_fresh_init_and_buffers_are_checked(tmp_path):
+  state = ref.numpy_state(_official_dit(0))
+  dropped = state.pop("diffusion_model.model.final_layer.1.bias")
+  save_file(state, str(tmp_path / "partial.safetensors"))
+  config = _config()
+  config.dit.num_heads = 2
+  _, missing = official.convert_official_dit(tmp_path / "partial.safetensors", tmp_path / "out",
+                                             config, allow_missing=True)
+  assert missing == ["diffusion_model.model.final_layer.1.bias"]
+  params = _restore(tmp_path / "out")[1]["ema_params"]
+  assert not np.array_equal(params["final_layer"]["bias"], dropped)
+
+  state["diffusion_model.model.final_layer.1.bias"] = dropped
+  state["diffusion_model.betas"] = state["diffusion_model.betas"] * 1.01
+  save_file(state, str(tmp_path / "schedule.safetensors"))
+  with pytest.raises(CheckpointError, match="diffusion_model.betas"):
+    official.convert_official_dit(tmp_path / "schedule.safetensors", tmp_path / "out2", config)
+
+
+def _leaves(tree, prefix=""):
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}{key}/").items()}
+  return {prefix.rstrip("/"): np.asarray(tree)}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "orbax"])
+def test_export_then_import_is_bit_identical(tmp_path, fmt):
+  save_file(ref.numpy_state(_official_dit(3)), str(tmp_path / "model.safetensors"))
+  config = _config()
+  config.dit.num_heads = 2
+  official.convert_official_dit(tmp_path / "model.safetensors", tmp_path / "converted", config)
+  assert cli.main(["export", "--ckpt", str(tmp_path / "converted"), "--format", fmt,
+                   "--out", str(tmp_path / "portable")]) == 0
+  # Loadable without our code: plain '/'-joined keys and a JSON config.
+  bundle = portable.read_portable(tmp_path / "portable")
+  assert bundle.flat["params/blocks/attn/qkv/kernel"].shape == (2, 64, 3, 2, 32)
+  assert bundle.config["dit"]["variant"] == "official"
+  assert cli.main(["convert", "portable", "--input", str(tmp_path / "portable"),
+                   "--output", str(tmp_path / "back")]) == 0
+  before, after = _restore(tmp_path / "converted")[1], _restore(tmp_path / "back")[1]
+  assert _leaves(before).keys() == _leaves(after).keys()
+  for key, value in _leaves(before).items():
+    np.testing.assert_array_equal(value, _leaves(after)[key], err_msg=key)
+
+
+def test_sample_cli_runs_converted_official_checkpoints(tmp_path):
+  save_file(ref.numpy_state(_official_dit(0)), str(tmp_path / "dit.safetensors"))
+  save_file(ref.numpy_state(_official_vae()), str(tmp_path / "vae.safetensors"))
+  assert cli.main(["convert", "official-dit", "--input", str(tmp_path / "dit.safetensors"),
+                   "--output", str(tmp_path / "dit"), "--config", "configs/synthetic.py:smoke",
+                   "--num-heads", "2"]) == 0
+  assert cli.main(["convert", "official-vae", "--input", str(tmp_path / "vae.safetensors"),
+                   "--output", str(tmp_path / "vae"), "--config", "configs/synthetic.py:smoke",
+                   "--num-heads", "2", "--norm-groups", "8"]) == 0
+  out = tmp_path / "samples"
+  assert cli.main(["sample", "--ckpt", str(tmp_path / "dit"), "--vae-ckpt", str(tmp_path / "vae"),
+                   "--frames", str(FRAMES), "--s", "1", "--steps", "4", "--num", "1",
+                   "--out", str(out)]) == 0
+  assert read_video(out / "sample_000.mp4").shape == (FRAMES, 32, 32, 3)
+  assert np.load(out / "latents.npz")["latents"].shape == (1, FRAMES, TOKENS, 4)
