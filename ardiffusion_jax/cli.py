@@ -301,7 +301,7 @@ def _sample(args) -> int:
                           "pass --vae-ckpt RUN, or --latents-only")
   if args.s > generator.grid.num_steps:
     raise ConfigError("--s", f"must be in [0, S={generator.grid.num_steps}], got {args.s}")
-  mode = args.mode or ("cached" if generator.model.strictly_causal else "full")
+  mode = args.mode or generator.default_mode
   context = None
   if args.context_frames is not None and not 1 <= args.context_frames < args.frames:
     raise ConfigError("--context-frames", f"must be in [1, --frames - 1 = {args.frames - 1}], "

@@ -85,6 +85,11 @@ class Generator:
       generator.resolution = vae_config.vae.image_size
     return generator
 
+  @property
+  def default_mode(self) -> str:
+    """cached (KV cache) for strictly causal models, else the authors' full mode."""
+    return "cached" if self.model.strictly_causal else "full"
+
   def sampler(self, num_frames: int, s: int, *, context_frames: int = 0, mode: str = "cached",
               cfg_scale: float = 1.0, eta: Optional[float] = None, progress=None):
     """(plan, jitted sample(variables, key, batch_size, context, label))."""
@@ -96,13 +101,14 @@ class Generator:
 
   def sample_latents(self, num: int, num_frames: int, s: int, *, batch_size: int = 8,
                      seed: int = 0, label=None, cfg_scale: float = 1.0, context=None,
-                     mode: str = "cached", eta=None, show_progress: bool = True):
+                     mode: Optional[str] = None, eta=None, show_progress: bool = True):
     """Samples `num` latent videos [num, F, L, C]; returns (latents, timing dict).
 
     `context`: unit-norm latents [c, L, C] (one clip, continued in every sample) or
     [num, c, L, C]. `label`: an int or [num] ints. Timing separates compilation from the
     sampling itself.
     """
+    mode = mode or self.default_mode
     label = self._labels(label, num)
     context_frames = 0 if context is None else np.shape(context)[-3]
     if context is not None:

@@ -4,6 +4,7 @@ State dicts are read one tensor at a time (`open_state_dict`), so converting the
 672M-parameter DiT holds the converted tree and one tensor, not three copies.
 """
 
+import json
 import pathlib
 
 import numpy as np
@@ -58,18 +59,47 @@ class StateDict:
     return StateDict(self.path, shapes, load)
 
 
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16",
+                      "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _read_safetensors(path):
+  """(shapes, load) for a .safetensors file. Tensors are read with plain file reads, not
+  a memory map, so pages already converted do not stay resident."""
+  import ml_dtypes
+  with open(path, "rb") as f:
+    length = int.from_bytes(f.read(8), "little")
+    try:
+      header = json.loads(f.read(length))
+    except ValueError as error:
+      raise CheckpointError(f"{path} is not a safetensors file (bad header)") from error
+  header.pop("__metadata__", None)
+  start = 8 + length
+  shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
+
+  def load(name):
+    entry = header[name]
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    if dtype is None:
+      raise CheckpointError(f"{path}: {name} has unsupported dtype {entry['dtype']}")
+    dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
+    begin, end = entry["data_offsets"]
+    with open(path, "rb") as f:
+      f.seek(start + begin)
+      data = np.frombuffer(f.read(end - begin), dtype)
+    return data.reshape(shapes[name])
+  return shapes, load
+
+
 def open_state_dict(path) -> StateDict:
-  """.safetensors (memory-mapped), .npz, or .pth/.pt/.bin (needs torch; loaded with
+  """.safetensors, .npz, or .pth/.pt/.bin (needs torch; loaded with
   mmap where the file allows). A `state_dict` entry (Lightning) is unwrapped."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise CheckpointError(f"{path} not found")
   if path.suffix == ".safetensors":
-    from safetensors import safe_open
-    handle = safe_open(str(path), framework="numpy")
-    stored = list(handle.keys())
-    shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in stored}
-    load = handle.get_tensor
+    shapes, load = _read_safetensors(path)
+    stored = list(shapes)
   elif path.suffix == ".npz":
     data = np.load(path)
     stored = list(data.files)
@@ -104,6 +134,17 @@ def read_state_dict(path) -> dict:
   return {key: state[key] for key in state.keys()}
 
 
+def _to_device_in_place(tree: dict):
+  """numpy leaves -> jax arrays, one at a time, dropping each numpy array as it goes:
+  orbax would otherwise copy the whole tree once more while saving."""
+  import jax
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      _to_device_in_place(value)
+    else:
+      tree[key] = jax.device_put(value)
+
+
 def write_model_checkpoint(output, config, state: dict, step: int = 0):
   """An orbax checkpoint in our run layout (`OUTPUT/checkpoints/STEP`) holding model
   weights only: `ema_params` (+ `constants`) for a DiT, `params` for an AR-VAE."""
@@ -112,6 +153,7 @@ def write_model_checkpoint(output, config, state: dict, step: int = 0):
   try:
     if checkpointer.latest_step() is not None:
       raise CheckpointError(f"{output} already holds a checkpoint; choose a new --output folder")
+    _to_device_in_place(state)
     checkpointer.save(step, state, config=config, force=True)
     checkpointer.wait()
   finally:
