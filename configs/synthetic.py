@@ -15,7 +15,7 @@ Run:
   ardiff plan --config configs/synthetic.py:paper --devices 8
   ardiff train-vae --config configs/synthetic.py:vae --workdir runs/vae
   ardiff train-vae --config configs/synthetic.py:vae_causal --workdir runs/vae_causal \
-      --set vae_train.init_from="'runs/vae/checkpoints'"
+      --set vae_train.init_from="'runs/vae'"
 """
 
 import ml_collections

@@ -48,7 +48,15 @@ def legacy_moments(tokens, kernel, bias):
   return jnp.einsum("nkj,kc->njc", reinterpreted, kernel) + bias
 
 
-def _param(module, name, shape, axes, init=nn.initializers.normal(0.02)):
+# TiTok's initialisation (its `_init_weights`): Linear and conv kernels N(0, 0.02) with zero
+# biases, except the attention's packed in-projection (PyTorch's Xavier-uniform); the learned
+# embeddings N(0, 1/width). Positions then dominate the tokens at the start, which is what
+# lets attention route patches to latent tokens and latent tokens to pixels (README, AR-VAE).
+LINEAR_INIT = nn.initializers.normal(0.02)
+
+
+def _embedding(module, name, shape, axes):
+  init = nn.initializers.normal(shape[-1] ** -0.5)
   return module.param(name, layers.param_with_axes(init, axes), shape, jnp.float32)
 
 
@@ -68,9 +76,10 @@ class ViTBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    x = x + layers.Attention(self.num_heads, dtype=self.dtype, name="attn")(_layer_norm("ln_1")(x))
+    x = x + layers.Attention(self.num_heads, dtype=self.dtype, proj_init=LINEAR_INIT,
+                             name="attn")(_layer_norm("ln_1")(x))
     return x + layers.Mlp(int(width * self.mlp_ratio), dtype=self.dtype, approximate_gelu=False,
-                          name="mlp")(_layer_norm("ln_2")(x))
+                          kernel_init=LINEAR_INIT, name="mlp")(_layer_norm("ln_2")(x))
 
 
 class TemporalBlocks(nn.Module):
@@ -129,22 +138,22 @@ class Encoder(nn.Module):
     n = images.shape[0]
     patches = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
                       padding="VALID", dtype=self.dtype, name="patch_embed",
-                      kernel_init=layers.param_with_axes(nn.initializers.lecun_normal(),
-                                                         (None, None, None, "embed")),
+                      kernel_init=layers.param_with_axes(LINEAR_INIT, (None, None, None, "embed")),
                       bias_init=layers.param_with_axes(nn.initializers.zeros, ("embed",)))(images)
     grid = patches.shape[1] * patches.shape[2]
     x = patches.reshape(n, grid, self.width)  # row-major: token = h * grid_w + w
-    cls = _param(self, "class_embedding", (1, self.width), (None, "embed"))
+    cls = _embedding(self, "class_embedding", (1, self.width), (None, "embed"))
     x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.width)), x], axis=1)
-    x = x + _param(self, "positional_embedding", (grid + 1, self.width), (None, "embed"))
-    latent = latent_tokens + _param(self, "latent_token_positional_embedding",
-                                    (self.num_latent_tokens, self.width), (None, "embed"))
+    x = x + _embedding(self, "positional_embedding", (grid + 1, self.width), (None, "embed"))
+    latent = latent_tokens + _embedding(self, "latent_token_positional_embedding",
+                                        (self.num_latent_tokens, self.width), (None, "embed"))
     x = jnp.concatenate([x, jnp.broadcast_to(latent, (n,) + latent.shape)], axis=1)
     x = _layer_norm("ln_pre")(x)
     for i in range(self.depth):
       x = ViTBlock(self.num_heads, dtype=self.dtype, name=f"transformer_{i}")(x)
     x = _layer_norm("ln_post")(x[:, -self.num_latent_tokens:])
-    head = layers.dense(2 * self.token_dim, ("embed", None), "conv_out", dtype=self.dtype)
+    head = layers.dense(2 * self.token_dim, ("embed", None), "conv_out", kernel_init=LINEAR_INIT,
+                        dtype=self.dtype)
     if self.legacy_reshape:
       # Run the Linear once to create its parameters, then apply them the legacy way.
       head(x[:, :1])
@@ -221,16 +230,17 @@ class Decoder(nn.Module):
     """z [B, T, L, token_dim] (unit-norm tokens) -> logits [B, T, grid, grid, codebook]."""
     batch, frames = z.shape[:2]
     n = batch * frames
-    latent = layers.dense(self.width, (None, "embed"), "decoder_embed", dtype=self.dtype)(z)
-    latent = latent + _param(self, "latent_token_positional_embedding",
-                             (self.num_latent_tokens, self.width), (None, "embed"))
+    latent = layers.dense(self.width, (None, "embed"), "decoder_embed", kernel_init=LINEAR_INIT,
+                          dtype=self.dtype)(z)
+    latent = latent + _embedding(self, "latent_token_positional_embedding",
+                                 (self.num_latent_tokens, self.width), (None, "embed"))
     latent = latent.reshape(n, self.num_latent_tokens, self.width)
-    mask_token = _param(self, "mask_token", (1, 1, self.width), (None, None, "embed"))
-    cls = _param(self, "class_embedding", (1, self.width), (None, "embed"))
+    mask_token = _embedding(self, "mask_token", (1, 1, self.width), (None, None, "embed"))
+    cls = _embedding(self, "class_embedding", (1, self.width), (None, "embed"))
     num_pixels = self.grid * self.grid
     x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.width)),
                          jnp.broadcast_to(mask_token, (n, num_pixels, self.width))], axis=1)
-    x = x + _param(self, "positional_embedding", (num_pixels + 1, self.width), (None, "embed"))
+    x = x + _embedding(self, "positional_embedding", (num_pixels + 1, self.width), (None, "embed"))
     x = _layer_norm("ln_pre")(jnp.concatenate([x, latent], axis=1))
     for i in range(self.depth):
       if self.temporal_causal:
@@ -243,8 +253,10 @@ class Decoder(nn.Module):
       x = ViTBlock(self.num_heads, dtype=self.dtype, name=f"transformer_{i}")(x)
     x = _layer_norm("ln_post")(x[:, 1:1 + num_pixels])
     x = x.reshape(n, self.grid, self.grid, self.width)
-    h = jnp.tanh(layers.dense(2 * self.width, ("embed", "mlp"), "ffn_0", dtype=self.dtype)(x))
-    logits = layers.dense(self.codebook_size, ("mlp", None), "ffn_2", dtype=self.dtype)(h)
+    h = jnp.tanh(layers.dense(2 * self.width, ("embed", "mlp"), "ffn_0", kernel_init=LINEAR_INIT,
+                              dtype=self.dtype)(x))
+    logits = layers.dense(self.codebook_size, ("mlp", None), "ffn_2", kernel_init=LINEAR_INIT,
+                          dtype=self.dtype)(h)
     return logits.reshape(batch, frames, self.grid, self.grid, self.codebook_size)
 
 

@@ -149,6 +149,7 @@ class Attention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   causal_chunks: int = 1
   prefix: int = 0
+  proj_init: Any = None  # None: Xavier-uniform
 
   @nn.compact
   def __call__(self, x, mask=None, positions=None, kv_cache=None):
@@ -169,7 +170,8 @@ class Attention(nn.Module):
       out = chunked_causal_attention(q, k, v, mask, self.causal_chunks, self.prefix)
     else:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    out = dense(width, ("heads", "kv", "embed"), "proj", axis=(-2, -1), dtype=self.dtype)(out)
+    out = dense(width, ("heads", "kv", "embed"), "proj", axis=(-2, -1), kernel_init=self.proj_init,
+                dtype=self.dtype)(out)
     return out if kv_cache is None else (out, own)
 
 
@@ -197,11 +199,13 @@ class Mlp(nn.Module):
   hidden: int
   dtype: jnp.dtype = jnp.float32
   approximate_gelu: bool = True
+  kernel_init: Any = None  # None: Xavier-uniform
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    h = dense(self.hidden, ("embed", "mlp"), "fc1", dtype=self.dtype)(x)
+    h = dense(self.hidden, ("embed", "mlp"), "fc1", kernel_init=self.kernel_init,
+              dtype=self.dtype)(x)
     h = nn.gelu(h, approximate=self.approximate_gelu)
     h = constrain(h, ("act_batch", "act_length", "act_mlp"))
-    return dense(width, ("mlp", "embed"), "fc2", dtype=self.dtype)(h)
+    return dense(width, ("mlp", "embed"), "fc2", kernel_init=self.kernel_init, dtype=self.dtype)(h)
