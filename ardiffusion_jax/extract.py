@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from ardiffusion_jax.data import latents as latents_lib
-from ardiffusion_jax.data.synthetic import BouncingShapes
+from ardiffusion_jax.data import datasets, latents as latents_lib
 from ardiffusion_jax.generate import LATENTS_INFO, load_vae
 from ardiffusion_jax.models import ar_vae
 from ardiffusion_jax.train.checkpoint import checkpoint_dir as find_checkpoints
@@ -30,7 +29,7 @@ def extract(config, vae_ckpt, out_dir, shard_size: int = 256, batch_size: int = 
   after each shard is complete."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  source = BouncingShapes.from_config(config.data)
+  source = datasets.video_source(config.data)
   _, model, params = load_vae(vae_ckpt)
   encode = jax.jit(lambda video: model.apply({"params": params}, video,
                                              method=ar_vae.ARVAE.encode)[0])

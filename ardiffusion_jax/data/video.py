@@ -1,4 +1,5 @@
-"""Video files through PyAV: decode to uint8 frames, resize and centre-crop, write mp4."""
+"""Videos as uint8 frames: files through PyAV (mp4, avi, ...) and folders of images
+(png/jpg, in name order); clip reading with a stride, resize and centre-crop, mp4 writing."""
 
 import pathlib
 
@@ -6,6 +7,57 @@ import numpy as np
 from PIL import Image
 
 from ardiffusion_jax.errors import DataError
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def frame_files(folder) -> list:
+  """The image files of a frame folder, in name order."""
+  return sorted(p for p in pathlib.Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def is_video(path) -> bool:
+  """A video file, or a folder holding image frames directly."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+  return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def count_frames(path) -> int:
+  """Frames in a video file (container metadata, else by decoding) or a frame folder."""
+  import av
+  path = pathlib.Path(path)
+  if path.is_dir():
+    return len(frame_files(path))
+  try:
+    with av.open(str(path)) as container:
+      frames = container.streams.video[0].frames
+  except (av.error.FFmpegError, IndexError, ValueError) as error:
+    raise DataError(f"cannot open video {path}: {error}") from error
+  return frames or len(read_video(path))
+
+
+def read_clip(path, start: int, count: int, stride: int = 1) -> np.ndarray:
+  """Frames start, start + stride, ... (`count` of them) of a video file or frame folder
+  as uint8 [count, H, W, 3]. Raises DataError when they cannot all be read."""
+  path = pathlib.Path(path)
+  wanted = start + (count - 1) * stride + 1
+  if path.is_dir():
+    files = frame_files(path)[start:wanted:stride]
+    try:
+      frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    except OSError as error:
+      raise DataError(f"cannot read a frame of {path}: {error}") from error
+  else:
+    frames = list(read_video(path, max_frames=wanted)[start:wanted:stride])
+  if len(frames) < count:
+    raise DataError(f"{path} has too few frames for {count} at stride {stride} from {start}")
+  if len({f.shape for f in frames}) > 1:
+    raise DataError(f"the frames of {path} differ in size")
+  return np.stack(frames)
 
 
 def read_video(path, max_frames=None) -> np.ndarray:

@@ -19,8 +19,7 @@ import optax
 from flax import struct
 
 from ardiffusion_jax import config as config_lib
-from ardiffusion_jax.data import pipeline
-from ardiffusion_jax.data.synthetic import BouncingShapes
+from ardiffusion_jax.data import datasets, pipeline
 from ardiffusion_jax.errors import CheckpointError
 from ardiffusion_jax.models import ar_vae, discriminator, lpips
 from ardiffusion_jax.train import loop, sharding
@@ -171,7 +170,7 @@ def perceptual_loss_fn(train_config):
   if not train_config.lpips_weights:
     warnings.warn("the perceptual loss is off: set vae_train.lpips_weights to the .npz from "
                   "`ardiff convert lpips` (torchvision VGG-16 + LPIPS v0.1 heads); training "
-                  "uses L1 (and the GAN) only", stacklevel=2)
+                  "uses the pixel loss (and the GAN) only", stacklevel=2)
     return None
   params = lpips.load_lpips_params(train_config.lpips_weights)
   module = lpips.LPIPS(rescale_inputs=train_config.lpips_rescale_inputs)
@@ -218,8 +217,8 @@ def vae_state_init(model, disc_model, g_tx, d_tx, config):
 
 
 def video_source(config):
-  """The clips the VAE trains on: the synthetic dataset cut into `clip_frames` runs."""
-  videos = BouncingShapes.from_config(config.data)
+  """The clips the VAE trains on: the dataset's videos cut into `clip_frames` runs."""
+  videos = datasets.video_source(config.data)
   return pipeline.ClipSource(videos, config.vae_train.clip_frames, config.data.num_frames)
 
 

@@ -1,0 +1,131 @@
+"""Real-video loading on files the tests write: mp4 and avi through PyAV, png folders,
+a truncated mp4 and a file that is not a video; UCF-101's list files; the dataset configs."""
+
+import logging
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from ardiffusion_jax import config as config_lib
+from ardiffusion_jax.data import datasets, pipeline, video
+from ardiffusion_jax.errors import ConfigError, DataError
+from ardiffusion_jax.train import vae as train_vae
+
+SIZE, FRAMES = 32, 10
+
+
+def _frames(seed, size=(SIZE, SIZE)):
+  """Blocky frames (they survive lossy codecs well): a bright square moving right."""
+  out = np.full((FRAMES,) + size + (3,), 30, np.uint8)
+  colour = np.random.default_rng(seed).integers(80, 255, 3)
+  for t in range(FRAMES):
+    out[t, 8:20, 2 + t:14 + t] = colour
+  return out
+
+
+def _write_avi(path, frames):
+  with av.open(str(path), mode="w") as container:
+    stream = container.add_stream("mpeg4", rate=8)
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    stream.options = {"qscale": "1"}
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+def _write_png_folder(folder, frames):
+  folder.mkdir(parents=True)
+  for t, frame in enumerate(frames):
+    Image.fromarray(frame).save(folder / f"frame_{t:05d}.png")
+
+
+@pytest.fixture
+def video_folder(tmp_path):
+  """train/: a good mp4, avi and png folder, a truncated mp4 and a text file named .mp4."""
+  root = tmp_path / "train"
+  root.mkdir()
+  written = {"a.mp4": _frames(0), "b.avi": _frames(1), "c_frames": _frames(2)}
+  video.write_mp4(root / "a.mp4", written["a.mp4"])
+  _write_avi(root / "b.avi", written["b.avi"])
+  _write_png_folder(root / "c_frames", written["c_frames"])
+  video.write_mp4(root / "d_truncated.mp4", _frames(3))
+  data = (root / "d_truncated.mp4").read_bytes()
+  (root / "d_truncated.mp4").write_bytes(data[:len(data) // 2])
+  (root / "e_not_a_video.mp4").write_text("these are not the frames you are looking for")
+  return tmp_path, written
+
+
+def test_files_load_with_their_frames_and_bad_ones_are_skipped_and_counted(video_folder, caplog):
+  root, written = video_folder
+  entries = datasets.folder_entries(root / "train")
+  assert [e.path.split("/")[-1] for e in entries] == [
+      "a.mp4", "b.avi", "c_frames", "d_truncated.mp4", "e_not_a_video.mp4"]
+  source = datasets.VideoDataset(entries, num_frames=FRAMES, resolution=SIZE, random_start=False)
+  with caplog.at_level(logging.WARNING, logger="ardiffusion_jax.data.datasets"):
+    examples = [source[i] for i in range(len(source))]
+  np.testing.assert_array_equal(examples[2]["video"], written["c_frames"])  # png: lossless
+  for i, name in enumerate(["a.mp4", "b.avi"]):  # lossy codecs: close, and in order
+    error = np.abs(examples[i]["video"].astype(int) - written[name]).mean(axis=(1, 2, 3))
+    assert error.max() < 4, (name, error)
+  # The two bad files are skipped: their examples come from the next readable video.
+  assert source.skipped == 2 and len(source.bad_files) == 2
+  np.testing.assert_array_equal(examples[3]["video"], examples[0]["video"])
+  np.testing.assert_array_equal(examples[4]["video"], examples[0]["video"])
+  assert sum("skipping unreadable video" in r.message for r in caplog.records) == 2
+
+
+def test_clips_take_a_stride_from_a_seeded_random_start(video_folder):
+  root, written = video_folder
+  entry = datasets.VideoEntry(str(root / "train" / "c_frames"))
+  source = datasets.VideoDataset([entry], num_frames=3, resolution=SIZE, stride=2, seed=5)
+  clip = source[0]["video"]
+  starts = [t for t in range(FRAMES - 4) if np.array_equal(clip, written["c_frames"][t:t + 5:2])]
+  assert len(starts) == 1
+  np.testing.assert_array_equal(source[0]["video"], clip)  # a pure function of (seed, index)
+  with pytest.raises(DataError, match="fewer than"):
+    datasets.VideoDataset([entry], num_frames=6, resolution=SIZE, stride=2).load(0)
+
+
+def test_a_full_batch_comes_out_despite_bad_files(video_folder):
+  root, _ = video_folder
+  source = datasets.VideoDataset(datasets.folder_entries(root / "train"), num_frames=4,
+                                 resolution=16)
+  batch = next(pipeline.global_batches(source, 5, seed=0, process_index=0, process_count=1))
+  assert batch["video"].shape == (5, 4, 16, 16, 3) and batch["video"].dtype == np.uint8
+
+
+def test_ucf101_labels_and_splits(tmp_path):
+  lists = tmp_path / "ucfTrainTestlist"
+  lists.mkdir()
+  (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n3 YoYo\n")
+  (lists / "trainlist01.txt").write_text(
+      "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nYoYo/v_YoYo_g09_c02.avi 3\n")
+  (lists / "testlist01.txt").write_text("Archery/v_Archery_g01_c01.avi\r\nYoYo/v_YoYo_g01_c03.avi\n")
+  train = datasets.ucf101_entries(tmp_path, "train", fold=1)
+  assert [(e.path, e.label) for e in train] == [
+      (str(tmp_path / "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi"), 0),
+      (str(tmp_path / "YoYo/v_YoYo_g09_c02.avi"), 2)]
+  assert [e.label for e in datasets.ucf101_entries(tmp_path, "test", fold=1)] == [1, 2]
+  (lists / "trainlist02.txt").write_text("Archery/v_Archery_g08_c01.avi 3\n")
+  with pytest.raises(DataError, match="disagrees with classInd"):
+    datasets.ucf101_entries(tmp_path, "train", fold=2)
+  with pytest.raises(ConfigError, match="testlist03.txt not found"):
+    datasets.ucf101_entries(tmp_path, "test", fold=3)
+
+
+def test_dataset_configs_need_a_root_and_feed_vae_training(video_folder):
+  root, _ = video_folder
+  with pytest.raises(ConfigError, match="data.root"):
+    config_lib.load_config("configs/taichi.py:vae_smoke")
+  for name in ("ucf101", "sky", "taichi", "faceforensics"):
+    config = config_lib.load_config(f"configs/{name}.py", [f"data.root='{root}'"])
+    assert config.data.name == name and config.vae.image_size == config.data.resolution == 256
+  config = config_lib.load_config("configs/taichi.py:vae_smoke", [f"data.root='{root}'"])
+  frames = train_vae.video_source(config)  # what `ardiff train-vae` reads: single frames
+  assert len(frames) == 5 * config.data.num_frames  # every video, the bad ones stand-ins
+  batch = next(pipeline.global_batches(frames, 8, seed=0, process_index=0, process_count=1))
+  assert batch["video"].shape == (8, 1, 32, 32, 3)
