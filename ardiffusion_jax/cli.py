@@ -7,13 +7,6 @@ from ardiffusion_jax.errors import CheckpointError, ConfigError, DataError, Trai
 
 DEFAULT_CONFIG = "configs/synthetic.py:default"
 
-# Stages whose implementation has not landed yet: the subcommand says so and exits 2
-# instead of pretending. Each names the work item that brings it.
-PENDING = {
-    "eval": "FVD / FID / physics evaluation (issue 7)",
-}
-
-
 def _add_config(parser, default=DEFAULT_CONFIG):
   parser.add_argument("--config", default=default,
                       help="config file and variant, e.g. configs/synthetic.py:smoke")
@@ -192,15 +185,41 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--fps", type=int, default=8)
   sample.add_argument("--out", required=True, help="output folder")
 
-  descriptions = {
-      "eval": "Score samples with FVD, FID and the synthetic physics score.",
-  }
-  for name, description in descriptions.items():
-    sub = commands.add_parser(name, help=description.split(";")[0].rstrip("."),
-                              description=f"{description} Not available yet: it arrives with "
-                                          f"{PENDING[name]}.")
-    sub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+  evaluate = commands.add_parser(
+      "eval", help="score samples at several s: FVD16, FVD128, physics",
+      description="Sample --num videos at each s, decode them and score them against as many "
+                  "real clips from the config's data section: FVD16 / FVD128 (I3D, "
+                  "StyleGAN-V protocol) and, on the synthetic dataset, the physics score. "
+                  "Writes eval.json and eval.md (metric by s, plus seconds per video). "
+                  "FID-img and FID-vid are not available yet.")
+  _add_config(evaluate)
+  evaluate.add_argument("--ckpt", required=True, help="the DiT run folder")
+  evaluate.add_argument("--vae-ckpt", help="the AR-VAE run (default: from latents_info.json)")
+  evaluate.add_argument("--metrics", default="fvd16,physics",
+                        help="comma-separated: fvd16, fvd128, physics (default fvd16,physics)")
+  evaluate.add_argument("--s", default="0,5,10", help="comma-separated timestep differences")
+  evaluate.add_argument("--num", type=int, default=2048, help="clips per set (default 2048)")
+  evaluate.add_argument("--batch-size", type=int, default=8)
+  evaluate.add_argument("--seed", type=int, default=0)
+  evaluate.add_argument("--out", required=True, help="output folder")
   return parser
+
+
+def _eval(args) -> int:
+  from ardiffusion_jax import config as config_lib
+  from ardiffusion_jax.eval import evaluate
+  config = config_lib.load_config(args.config, args.overrides)
+  try:
+    s_values = [int(x) for x in args.s.split(",")]
+  except ValueError as error:
+    raise ConfigError("--s", f"expected comma-separated integers, got {args.s!r}") from error
+  if args.num < 2:
+    raise ConfigError("--num", f"the Fréchet distance needs at least 2 clips, got {args.num}")
+  metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+  report = evaluate.evaluate(config, args.ckpt, args.out, metrics, s_values, args.num,
+                             vae_ckpt=args.vae_ckpt, batch_size=args.batch_size, seed=args.seed)
+  print(evaluate.markdown(report))
+  return 0
 
 
 def _convert(args) -> int:
@@ -277,12 +296,10 @@ def main(argv=None) -> int:
       return _plan(args)
     if args.command == "sample":
       return _sample(args)
-    if args.command == "bench":
-      from ardiffusion_jax import bench
-      return bench.main(args.bench_args)
-    print(f"ardiff {args.command}: not available yet; it arrives with {PENDING[args.command]}.",
-          file=sys.stderr)
-    return 2
+    if args.command == "eval":
+      return _eval(args)
+    from ardiffusion_jax import bench  # the one command left: argparse allows no other
+    return bench.main(args.bench_args)
   except (ConfigError, DataError, CheckpointError, TrainingDiverged) as error:
     print(f"ardiff {args.command}: error: {error}", file=sys.stderr)
     return 1

@@ -114,3 +114,17 @@ def test_sample_cli_rejects_bad_settings_clearly(demo_dir, tmp_path, capsys):
   assert cli.main(["sample", "--ckpt", ckpt, "--context", str(tmp_path / "missing.mp4"),
                    "--out", str(tmp_path)]) == 1
   assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_cli_scores_fvd_and_physics_per_s(demo_dir, tmp_path):
+  out = tmp_path / "eval"
+  assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(demo_dir / "dit"),
+                   "--metrics", "fvd16,physics", "--s", "0,10", "--num", "2", "--batch-size", "2",
+                   "--out", str(out)]) == 0
+  report = json.loads((out / "eval.json").read_text())
+  assert set(report["results"]) == {"0", "10"}
+  for row in report["results"].values():
+    assert row["fvd16"] > 0 and row["seconds_per_video_16f"] > 0
+    assert set(row["physics"]) >= {"speed_ratio", "acceleration_ratio"}
+  table = (out / "eval.md").read_text()
+  assert "| s | FVD16 | physics (speed / accel ratio) | s/video (16f) |" in table

@@ -1,0 +1,110 @@
+"""`ardiff eval`: sample at several s, score against real clips, write a Table-1/2-style
+report (metric by s, plus inference time) as JSON and markdown.
+
+Metrics: `fvd16` / `fvd128` (I3D, `eval/fvd.py`, on 16- and 128-frame clips) and
+`physics` (the synthetic dataset's ball tracking, `eval/physics.py`). Real clips come
+from the config's data section: the synthetic held-out seed, or your dataset's files.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import tqdm
+
+from ardiffusion_jax import generate
+from ardiffusion_jax.data import datasets
+from ardiffusion_jax.errors import ConfigError
+from ardiffusion_jax.eval import fvd as fvd_lib
+from ardiffusion_jax.eval import physics
+
+FVD_FRAMES = {"fvd16": 16, "fvd128": 128}
+METRICS = (*FVD_FRAMES, "physics")
+PENDING = {"fid_img": "FID-img (InceptionV3 weights and converter)",
+           "fid_vid": "FID-vid (3D ResNet-50 weights)"}
+
+
+def check_metrics(metrics, data_name: str):
+  for metric in metrics:
+    if metric in PENDING:
+      raise ConfigError("--metrics", f"{metric}: {PENDING[metric]} is not available yet (issue 7); "
+                                     f"use {', '.join(METRICS)}")
+    if metric not in METRICS:
+      raise ConfigError("--metrics", f"unknown metric {metric!r}; expected some of {METRICS}")
+  if "physics" in metrics and data_name != "synthetic":
+    raise ConfigError("--metrics", "physics scores the synthetic bouncing balls only")
+
+
+def real_clips(data, num_frames: int, num: int) -> np.ndarray:
+  """`num` real uint8 clips of `num_frames` frames: held-out synthetic videos (seed + 1000)
+  or the configured dataset's files."""
+  data = data.copy_and_resolve_references()
+  data.num_frames = num_frames
+  if data.name == "synthetic":
+    source = datasets.video_source(data, seed=data.seed + 1000, num_videos=num)
+  else:
+    source = datasets.video_source(data)
+  if len(source) < num:
+    raise ConfigError("--num", f"{num} clips asked for, but the real set has {len(source)}")
+  return np.stack([source[i]["video"] for i in range(num)])
+
+
+def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batch_size: int = 8,
+             seed: int = 0) -> dict:
+  """Scores the DiT run `ckpt` at each s; writes `eval.json` and `eval.md` into `out`."""
+  check_metrics(metrics, config.data.name)
+  generator = generate.Generator.from_checkpoint(ckpt, vae_ckpt=vae_ckpt)
+  if generator.vae is None:
+    raise ConfigError("--vae-ckpt", "evaluation decodes the samples: name the AR-VAE run")
+  resolution = generator.resolution
+  if config.data.resolution != resolution:
+    raise ConfigError("data.resolution", f"{config.data.resolution} differs from the AR-VAE's "
+                                          f"{resolution}")
+  lengths = sorted({FVD_FRAMES[m] for m in metrics if m in FVD_FRAMES}
+                   | ({16} if "physics" in metrics else set()))
+  features = fvd_lib.I3DFeatures(batch_size=batch_size) if any(m in FVD_FRAMES for m in metrics) else None
+  real = {frames: real_clips(config.data, frames, num) for frames in lengths}
+  real_features = {frames: features(clips) for frames, clips in real.items()} if features else {}
+  results = {}
+  for s in s_values:
+    row = {}
+    for frames in lengths:
+      latents, timing = generator.sample_latents(num, frames, s, batch_size=batch_size, seed=seed)
+      videos = np.concatenate([generator.decode(latents[i:i + batch_size])
+                               for i in tqdm.trange(0, num, batch_size, desc=f"decode s={s}")])
+      row[f"seconds_per_video_{frames}f"] = timing["seconds_per_video"]
+      for metric, metric_frames in FVD_FRAMES.items():
+        if metric in metrics and metric_frames == frames:
+          row[metric] = fvd_lib.fvd(real_features[frames], features(videos))
+      if "physics" in metrics and frames == 16:
+        row["physics"] = physics.physics_score(videos, real[16])
+    results[s] = row
+  report = {"ckpt": str(ckpt), "metrics": list(metrics), "num_clips": num, "seed": seed,
+            "dataset": config.data.name, "resolution": resolution, "results": results}
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "eval.json").write_text(json.dumps(report, indent=2, default=float))
+  (out / "eval.md").write_text(markdown(report))
+  return report
+
+
+def markdown(report: dict) -> str:
+  """Metric by s, as the paper's Tables 1 and 2, plus inference time per video."""
+  metrics = report["metrics"]
+  rows = report["results"]
+  times = sorted({k for row in rows.values() for k in row if k.startswith("seconds_per_video")})
+  header = ["s"] + [m.upper() if m != "physics" else "physics (speed / accel ratio)" for m in metrics]
+  header += [f"s/video ({k.rsplit('_', 1)[1]})" for k in times]
+  lines = [f"# ardiff eval: {report['dataset']}, {report['num_clips']} clips per set", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for s, row in rows.items():
+    cells = [str(s)]
+    for metric in metrics:
+      value = row[metric]
+      cells.append(f"{value['speed_ratio']:.2f} / {value['acceleration_ratio']:.2f}"
+                   if metric == "physics" else f"{value:.1f}")
+    cells += [f"{row[k]:.2f}" for k in times]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", "FVD: I3D Kinetics-400 logits, TF1 bilinear resize to 224, [-1, 1], float64 "
+            "Fréchet distance; only comparable at the same number of clips."]
+  return "\n".join(lines) + "\n"
