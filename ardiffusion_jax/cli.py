@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
   _add_run_folders(train_vae)
   _add_distributed(train_vae)
 
+  build_tfds = commands.add_parser(
+      "build-tfds", help="write a folder dataset as a TFDS ArrayRecord dataset (no TensorFlow)",
+      description="Decode one clip per video (data.num_frames at data.resolution, seeded "
+                  "start) of the config's dataset, train and test splits, into a TFDS "
+                  "dataset video_clips/<data.name> under --data-dir. Read it back with "
+                  "--set data.name=\"'tfds'\" --set data.tfds_dir=<the printed folder>.")
+  _add_config(build_tfds)
+  build_tfds.add_argument("--data-dir", required=True, help="TFDS data dir to write into")
+
   extract = commands.add_parser(
       "extract", help="encode the dataset into ArrayRecord latent shards",
       description="Encode every clip of the config's dataset with a trained AR-VAE into "
@@ -298,6 +307,12 @@ def main(argv=None) -> int:
       return _sample(args)
     if args.command == "eval":
       return _eval(args)
+    if args.command == "build-tfds":
+      from ardiffusion_jax import config as config_lib
+      from ardiffusion_jax.data import tfds_video
+      config = config_lib.load_config(args.config, args.overrides)
+      print(f"ardiff build-tfds: wrote {tfds_video.build_tfds(config.data, args.data_dir)}")
+      return 0
     from ardiffusion_jax import bench  # the one command left: argparse allows no other
     return bench.main(args.bench_args)
   except (ConfigError, DataError, CheckpointError, TrainingDiverged) as error:

@@ -71,6 +71,8 @@ def video_dataset_config(dataset: str, variant, *, num_classes: int = 0, vae_lr:
       resolution=32 if smoke else 256,
       random_start=True,  # one random clip start per video and epoch seed, as the authors
       seed=0,
+      tfds_dir="",  # with name='tfds': a builder directory (ardiff build-tfds) or a data dir
+      tfds_name="",  # with a data dir: the TFDS dataset name, e.g. 'ucf101'
   ))
   config.vae.image_size = config.data.resolution
   config.vae_train.clip_frames = min(config.vae_train.clip_frames, config.data.num_frames)
@@ -153,9 +155,14 @@ def _validate_data(data):
   if data.name == "synthetic":
     synthetic.check_synthetic_fields(data)
     return
-  _require(bool(data.get("root")), "data.root",
-           f"set it to your copy of {data.name} (expected layout: README, Datasets)")
-  _require(pathlib.Path(data.root).is_dir(), "data.root", f"{data.root} is not a folder")
+  if data.name == "tfds":
+    _require(bool(data.get("tfds_dir")), "data.tfds_dir",
+             "set it to a TFDS builder directory (ardiff build-tfds) or a TFDS data dir")
+    _require(pathlib.Path(data.tfds_dir).is_dir(), "data.tfds_dir", f"{data.tfds_dir} is not a folder")
+  else:
+    _require(bool(data.get("root")), "data.root",
+             f"set it to your copy of {data.name} (expected layout: README, Datasets)")
+    _require(pathlib.Path(data.root).is_dir(), "data.root", f"{data.root} is not a folder")
   splits = ("train", "test")
   _require(data.get("split", "train") in splits, "data.split",
            f"expected one of {splits}, got {data.get('split')!r}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ardiffusion_jax import config as config_lib
+from ardiffusion_jax import cli, config as config_lib
 from ardiffusion_jax.data import datasets, pipeline, video
 from ardiffusion_jax.errors import ConfigError, DataError
 from ardiffusion_jax.train import vae as train_vae
@@ -129,3 +129,25 @@ def test_dataset_configs_need_a_root_and_feed_vae_training(video_folder):
   assert len(frames) == 5 * config.data.num_frames  # every video, the bad ones stand-ins
   batch = next(pipeline.global_batches(frames, 8, seed=0, process_index=0, process_count=1))
   assert batch["video"].shape == (8, 1, 32, 32, 3)
+
+
+def test_tfds_builder_round_trip_without_tensorflow(video_folder, tmp_path):
+  import sys
+  root, _ = video_folder
+  assert cli.main(["build-tfds", "--config", "configs/taichi.py:smoke", "--set", f"data.root='{root}'",
+                   "--set", "data.num_frames=6", "--data-dir", str(tmp_path / "tfds")]) == 0
+  builder_dir = next((tmp_path / "tfds").glob("video_clips/taichi/*"))
+  assert "tensorflow" not in sys.modules  # built and read with TFDS's numpy paths only
+  config = config_lib.load_config("configs/taichi.py:smoke", [
+      "data.name='tfds'", f"data.tfds_dir='{builder_dir}'", "data.num_frames=6"])
+  source = datasets.video_source(config.data)
+  entries = datasets.folder_entries(root / "train")
+  folder = datasets.VideoDataset(entries, 6, 32, seed=0)
+  assert len(source) == 3  # the truncated and the fake mp4 are left out
+  paths = [e.path for e in entries]
+  for entry in source.entries:  # the stored clips are the folder's (same seeded starts)
+    stored = entry.source[entry.index]
+    path = stored["path"]
+    assert isinstance(path, bytes)
+    np.testing.assert_array_equal(stored["video"], folder[paths.index(path.decode())]["video"])
+  assert source[0]["video"].shape == (6, 32, 32, 3) and source[0]["label"] == 0

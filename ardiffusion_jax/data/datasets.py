@@ -2,7 +2,7 @@
 
 `video_source(data_config)` gives the source a config names: the synthetic bouncing
 shapes, or a `VideoDataset` over the files of UCF-101, Sky-Timelapse, Taichi-HD,
-FaceForensics or any folder of videos. Example i is a pure function of (seed, i): its clip
+FaceForensics or any folder of videos, or over a prepared TFDS dataset (`tfds_video.py`). Example i is a pure function of (seed, i): its clip
 start is drawn from that pair, so grain can shuffle, shard and checkpoint it.
 
 A corrupt or unreadable video is skipped: the example is taken from the next readable
@@ -30,13 +30,49 @@ SPLIT_FOLDERS = {
     "faceforensics": {"train": "train", "test": "test"},
     "folder": {"train": "train", "test": "test"},
 }
-DATASETS = ("synthetic", "ucf101", *SPLIT_FOLDERS)
+DATASETS = ("synthetic", "ucf101", *SPLIT_FOLDERS, "tfds")
+
+
+def _start(total: int, count: int, stride: int, rng, name) -> int:
+  """A clip start in [0, total - span], drawn from `rng` (None: 0)."""
+  span = (count - 1) * stride + 1
+  if total < span:
+    raise DataError(f"{name} has {total} frames, fewer than {count} at stride {stride}")
+  return 0 if rng is None else int(rng.integers(0, total - span + 1))
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoEntry:
-  path: str  # a video file or a folder of frames
+  """A video file or a folder of frames."""
+  path: str
   label: int = 0
+
+  def clip(self, count: int, stride: int, rng):
+    """(frames uint8 [count, H, W, 3], label); DataError when unreadable."""
+    total = video_lib.count_frames(self.path) if rng is not None else count
+    start = _start(total, count, stride, rng, self.path)
+    return video_lib.read_clip(self.path, start, count, stride), self.label
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsEntry:
+  """Example `index` of a TFDS data source with a uint8 'video' [T, H, W, 3] feature
+  (and optionally 'label')."""
+  source: object
+  index: int
+
+  @property
+  def path(self) -> str:
+    return f"tfds example {self.index}"
+
+  def clip(self, count: int, stride: int, rng):
+    try:
+      example = self.source[self.index]
+      frames = np.asarray(example["video"])
+    except Exception as error:  # a corrupt record: skipped like a corrupt file
+      raise DataError(f"{self.path}: {error}") from error
+    start = _start(len(frames), count, stride, rng, self.path)
+    return frames[start:start + (count - 1) * stride + 1:stride], int(example.get("label", 0))
 
 
 class VideoDataset:
@@ -62,19 +98,11 @@ class VideoDataset:
     """How many videos were skipped as unreadable."""
     return len(self.bad_files)
 
-  def load(self, index: int) -> np.ndarray:
-    """Video `index`'s clip; raises DataError when the file cannot give one."""
-    entry = self.entries[index]
-    span = (self.num_frames - 1) * self.stride + 1
-    start = 0
-    if self.random_start:
-      total = video_lib.count_frames(entry.path)
-      if total < span:
-        raise DataError(f"{entry.path} has {total} frames, fewer than {self.num_frames} "
-                        f"at stride {self.stride}")
-      start = int(np.random.default_rng((self.seed, index)).integers(0, total - span + 1))
-    clip = video_lib.read_clip(entry.path, start, self.num_frames, self.stride)
-    return video_lib.resize_center_crop(clip, self.resolution)
+  def load(self, index: int):
+    """(clip, label) of video `index`; raises DataError when it cannot give one."""
+    rng = np.random.default_rng((self.seed, index)) if self.random_start else None
+    clip, label = self.entries[index].clip(self.num_frames, self.stride, rng)
+    return video_lib.resize_center_crop(clip, self.resolution), label
 
   def __getitem__(self, index):
     index = int(index)
@@ -83,12 +111,11 @@ class VideoDataset:
       if self.entries[candidate].path in self.bad_files:
         continue
       try:
-        clip = self.load(candidate)
+        clip, label = self.load(candidate)
       except DataError as error:
         self._skip(self.entries[candidate].path, error)
         continue
-      return {"video": clip, "label": np.int32(self.entries[candidate].label),
-              "index": np.int64(index)}
+      return {"video": clip, "label": np.int32(label), "index": np.int64(index)}
     raise DataError(f"{self.max_skips} videos in a row from #{index} could not be read; "
                     f"is data.root right? ({self.skipped} skipped so far)")
 
@@ -149,6 +176,9 @@ def folder_entries(root) -> list:
 
 
 def entries_from_config(data) -> list:
+  if data.name == "tfds":
+    from ardiffusion_jax.data import tfds_video
+    return tfds_video.tfds_entries(data)
   if data.name == "ucf101":
     return ucf101_entries(data.root, data.split, data.get("fold", 1))
   split_folder = pathlib.Path(data.root) / SPLIT_FOLDERS[data.name][data.split]
