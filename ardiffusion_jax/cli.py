@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
       sub.add_argument("--norm-groups", type=int, help="pixel decoder GroupNorm groups (default 32)")
     sub.add_argument("--allow-missing", action="store_true",
                      help="load a partial state dict on purpose (missing leaves keep a fresh init)")
+  fid_parser = kinds.add_parser("fid-inception", help="pytorch-fid InceptionV3 -> .npz (FID-img)",
+                                description="Reads pt_inception-2015-12-05-6726825d.pth (needs "
+                                            "torch), .safetensors or .npz.")
+  fid_parser.add_argument("--input", required=True, help="pytorch-fid's InceptionV3 weights")
+  fid_parser.add_argument("--out", required=True, help="output .npz")
   portable_parser = kinds.add_parser("portable", help="a portable export -> our run layout")
   portable_parser.add_argument("--input", required=True, help="folder written by ardiff export")
   portable_parser.add_argument("--output", required=True, help="new run folder")
@@ -199,13 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
       description="Sample --num videos at each s, decode them and score them against as many "
                   "real clips from the config's data section: FVD16 / FVD128 (I3D, "
                   "StyleGAN-V protocol) and, on the synthetic dataset, the physics score. "
+                  "FID-img scores single frames with the InceptionV3 from --fid-weights. "
                   "Writes eval.json and eval.md (metric by s, plus seconds per video). "
-                  "FID-img and FID-vid are not available yet.")
+                  "FID-vid is not available yet.")
   _add_config(evaluate)
   evaluate.add_argument("--ckpt", required=True, help="the DiT run folder")
   evaluate.add_argument("--vae-ckpt", help="the AR-VAE run (default: from latents_info.json)")
   evaluate.add_argument("--metrics", default="fvd16,physics",
-                        help="comma-separated: fvd16, fvd128, physics (default fvd16,physics)")
+                        help="comma-separated: fvd16, fvd128, fid_img, physics (default "
+                             "fvd16,physics)")
+  evaluate.add_argument("--fid-weights", default="fid_inception.npz",
+                        help="FID-img's InceptionV3 (.npz from ardiff convert fid-inception)")
   evaluate.add_argument("--s", default="0,5,10", help="comma-separated timestep differences")
   evaluate.add_argument("--num", type=int, default=2048, help="clips per set (default 2048)")
   evaluate.add_argument("--batch-size", type=int, default=8)
@@ -226,7 +235,8 @@ def _eval(args) -> int:
     raise ConfigError("--num", f"the Fréchet distance needs at least 2 clips, got {args.num}")
   metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
   report = evaluate.evaluate(config, args.ckpt, args.out, metrics, s_values, args.num,
-                             vae_ckpt=args.vae_ckpt, batch_size=args.batch_size, seed=args.seed)
+                             vae_ckpt=args.vae_ckpt, batch_size=args.batch_size, seed=args.seed,
+                             fid_weights=args.fid_weights)
   print(evaluate.markdown(report))
   return 0
 
@@ -236,6 +246,11 @@ def _convert(args) -> int:
     from ardiffusion_jax.convert.lpips import convert_lpips
     convert_lpips(args.vgg, args.lin, args.out)
     print(f"ardiff convert lpips: wrote {args.out}")
+    return 0
+  if args.kind == "fid-inception":
+    from ardiffusion_jax.convert.inception import convert_fid_inception
+    convert_fid_inception(args.input, args.out)
+    print(f"ardiff convert fid-inception: wrote {args.out}")
     return 0
   if args.kind == "portable":
     from ardiffusion_jax.convert import portable

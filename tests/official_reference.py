@@ -393,3 +393,139 @@ def randomize(module: nn.Module, seed: int = 0, scale: float = 0.1):
 
 def numpy_state(module: nn.Module, prefix: str = "") -> dict:
   return {prefix + key: value.detach().numpy().copy() for key, value in module.state_dict().items()}
+
+
+# ------------------------------------------------------- FID InceptionV3 (metrics §2.4)
+
+class BasicConv2d(nn.Module):
+  def __init__(self, cin, cout, **kwargs):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, bias=False, **kwargs)
+    self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+  def forward(self, x):
+    return F.relu(self.bn(self.conv(x)))
+
+
+def _pool_valid(x):
+  return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class FIDInceptionA(nn.Module):
+  def __init__(self, cin, pool_features):
+    super().__init__()
+    self.branch1x1 = BasicConv2d(cin, 64, kernel_size=1)
+    self.branch5x5_1 = BasicConv2d(cin, 48, kernel_size=1)
+    self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+    self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+    self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+    self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+    self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
+
+  def forward(self, x):
+    return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
+                      self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                      self.branch_pool(_pool_valid(x))], 1)
+
+
+class InceptionB(nn.Module):
+  def __init__(self, cin):
+    super().__init__()
+    self.branch3x3 = BasicConv2d(cin, 384, kernel_size=3, stride=2)
+    self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+    self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+    self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+
+  def forward(self, x):
+    return torch.cat([self.branch3x3(x),
+                      self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                      F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class FIDInceptionC(nn.Module):
+  def __init__(self, cin, c7):
+    super().__init__()
+    self.branch1x1 = BasicConv2d(cin, 192, kernel_size=1)
+    self.branch7x7_1 = BasicConv2d(cin, c7, kernel_size=1)
+    self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+    self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+    self.branch7x7dbl_1 = BasicConv2d(cin, c7, kernel_size=1)
+    self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+    self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+    self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+    self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+    self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+
+  def forward(self, x):
+    b = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+    c = self.branch7x7dbl_1(x)
+    for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+      c = layer(c)
+    return torch.cat([self.branch1x1(x), b, c, self.branch_pool(_pool_valid(x))], 1)
+
+
+class InceptionD(nn.Module):
+  def __init__(self, cin):
+    super().__init__()
+    self.branch3x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+    self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+    self.branch7x7x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+    self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+    self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+    self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+
+  def forward(self, x):
+    b = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
+    return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class FIDInceptionE(nn.Module):
+  def __init__(self, cin, max_pool):
+    super().__init__()
+    self.branch1x1 = BasicConv2d(cin, 320, kernel_size=1)
+    self.branch3x3_1 = BasicConv2d(cin, 384, kernel_size=1)
+    self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+    self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+    self.branch3x3dbl_1 = BasicConv2d(cin, 448, kernel_size=1)
+    self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+    self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+    self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+    self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+    self.max_pool = max_pool
+
+  def forward(self, x):
+    b = self.branch3x3_1(x)
+    b = torch.cat([self.branch3x3_2a(b), self.branch3x3_2b(b)], 1)
+    c = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+    c = torch.cat([self.branch3x3dbl_3a(c), self.branch3x3dbl_3b(c)], 1)
+    pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _pool_valid(x)
+    return torch.cat([self.branch1x1(x), b, c, self.branch_pool(pooled)], 1)
+
+
+class FIDInception3(nn.Module):
+  """torchvision's Inception3 (num_classes=1008, no aux logits) with pytorch-fid's blocks."""
+
+  def __init__(self):
+    super().__init__()
+    self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+    self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+    self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+    self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+    self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+    self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = (FIDInceptionA(192, 32), FIDInceptionA(256, 64),
+                                                   FIDInceptionA(288, 64))
+    self.Mixed_6a = InceptionB(288)
+    self.Mixed_6b, self.Mixed_6c = FIDInceptionC(768, 128), FIDInceptionC(768, 160)
+    self.Mixed_6d, self.Mixed_6e = FIDInceptionC(768, 160), FIDInceptionC(768, 192)
+    self.Mixed_7a = InceptionD(768)
+    self.Mixed_7b, self.Mixed_7c = FIDInceptionE(1280, False), FIDInceptionE(2048, True)
+    self.fc = nn.Linear(2048, 1008)
+
+  def forward(self, x):  # NCHW, already scaled; returns pool3 [N, 2048]
+    x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+    x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(F.max_pool2d(x, 3, stride=2)))
+    x = F.max_pool2d(x, 3, stride=2)
+    for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+                 "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+      x = getattr(self, name)(x)
+    return x.mean(dim=(2, 3))

@@ -28,9 +28,8 @@ def test_each_subcommand_explains_itself(name, capsys):
 
 def test_metrics_not_built_yet_say_so_and_fail(tmp_path, capsys):
   assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(tmp_path),
-                   "--out", str(tmp_path), "--metrics", "fvd16,fid_img"]) == 1
-  assert "fid_img: FID-img (InceptionV3 weights and converter) is not available yet" in \
-      capsys.readouterr().err
+                   "--out", str(tmp_path), "--metrics", "fvd16,fid_vid"]) == 1
+  assert "fid_vid: FID-vid (3D ResNet-50 weights) is not available yet" in capsys.readouterr().err
 
 
 def test_demo_reports_config_errors(tmp_path, capsys):

@@ -54,3 +54,34 @@ def test_i3d_fvd_of_black_against_white_clips():
   assert black.shape == (2, 400)
   assert fvd.fvd(black, white) == pytest.approx(133.9, abs=1.0)
   assert abs(fvd.fvd(black, black)) < 1e-6
+
+
+def test_fid_inception_matches_the_pytorch_reference(tmp_path):
+  torch = pytest.importorskip("torch")
+  from tests import official_reference as ref
+  from ardiffusion_jax.convert.inception import convert_fid_inception
+  from ardiffusion_jax.eval import fid
+  from ardiffusion_jax.models.inception import FIDInceptionV3
+  net = ref.randomize(ref.FIDInception3(), seed=0, scale=0.05).eval()
+  with torch.no_grad():  # non-trivial running statistics
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.1, 0.1)
+        module.running_var.uniform_(0.5, 1.5)
+  state = {k: v.numpy() for k, v in net.state_dict().items()}
+  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "pt_inception.pth")
+  variables = convert_fid_inception(tmp_path / "pt_inception.pth", tmp_path / "fid.npz")
+  x = np.random.default_rng(0).uniform(-1, 1, (1, 299, 299, 3)).astype(np.float32)
+  ours = FIDInceptionV3().apply(variables, x)
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+  assert np.max(np.abs(np.asarray(ours) - theirs)) / np.max(np.abs(theirs)) <= 1e-4
+  frames = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  features = fid.InceptionFeatures(tmp_path / "fid.npz", batch_size=2)(frames)
+  assert features.shape == (3, 2048)
+  del state["Mixed_7c.branch_pool.conv.weight"]
+  np.savez(tmp_path / "broken.npz", **state)
+  with pytest.raises(CheckpointError, match="missing Mixed_7c.branch_pool.conv.weight"):
+    convert_fid_inception(tmp_path / "broken.npz", tmp_path / "x.npz")
+  with pytest.raises(CheckpointError, match="ardiff convert fid-inception"):
+    fid.InceptionFeatures(tmp_path / "absent.npz")

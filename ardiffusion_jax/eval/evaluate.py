@@ -1,8 +1,9 @@
 """`ardiff eval`: sample at several s, score against real clips, write a Table-1/2-style
 report (metric by s, plus inference time) as JSON and markdown.
 
-Metrics: `fvd16` / `fvd128` (I3D, `eval/fvd.py`, on 16- and 128-frame clips) and
-`physics` (the synthetic dataset's ball tracking, `eval/physics.py`). Real clips come
+Metrics: `fvd16` / `fvd128` (I3D, `eval/fvd.py`, on 16- and 128-frame clips), `fid_img`
+(InceptionV3 on every frame of the 16-frame clips, `eval/fid.py`) and `physics` (the
+synthetic dataset's ball tracking, `eval/physics.py`). Real clips come
 from the config's data section: the synthetic held-out seed, or your dataset's files.
 """
 
@@ -15,13 +16,13 @@ import tqdm
 from ardiffusion_jax import generate
 from ardiffusion_jax.data import datasets
 from ardiffusion_jax.errors import ConfigError
+from ardiffusion_jax.eval import fid as fid_lib
 from ardiffusion_jax.eval import fvd as fvd_lib
 from ardiffusion_jax.eval import physics
 
 FVD_FRAMES = {"fvd16": 16, "fvd128": 128}
-METRICS = (*FVD_FRAMES, "physics")
-PENDING = {"fid_img": "FID-img (InceptionV3 weights and converter)",
-           "fid_vid": "FID-vid (3D ResNet-50 weights)"}
+METRICS = (*FVD_FRAMES, "fid_img", "physics")
+PENDING = {"fid_vid": "FID-vid (3D ResNet-50 weights)"}
 
 
 def check_metrics(metrics, data_name: str):
@@ -50,7 +51,7 @@ def real_clips(data, num_frames: int, num: int) -> np.ndarray:
 
 
 def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batch_size: int = 8,
-             seed: int = 0) -> dict:
+             seed: int = 0, fid_weights=None) -> dict:
   """Scores the DiT run `ckpt` at each s; writes `eval.json` and `eval.md` into `out`."""
   check_metrics(metrics, config.data.name)
   generator = generate.Generator.from_checkpoint(ckpt, vae_ckpt=vae_ckpt)
@@ -61,10 +62,13 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
     raise ConfigError("data.resolution", f"{config.data.resolution} differs from the AR-VAE's "
                                           f"{resolution}")
   lengths = sorted({FVD_FRAMES[m] for m in metrics if m in FVD_FRAMES}
-                   | ({16} if "physics" in metrics else set()))
+                   | ({16} if {"physics", "fid_img"} & set(metrics) else set()))
   features = fvd_lib.I3DFeatures(batch_size=batch_size) if any(m in FVD_FRAMES for m in metrics) else None
+  frame_features = fid_lib.InceptionFeatures(fid_weights) if "fid_img" in metrics else None
   real = {frames: real_clips(config.data, frames, num) for frames in lengths}
   real_features = {frames: features(clips) for frames, clips in real.items()} if features else {}
+  if frame_features:
+    real_frame_features = frame_features(real[16].reshape((-1,) + real[16].shape[2:]))
   results = {}
   for s in s_values:
     row = {}
@@ -78,6 +82,9 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
           row[metric] = fvd_lib.fvd(real_features[frames], features(videos))
       if "physics" in metrics and frames == 16:
         row["physics"] = physics.physics_score(videos, real[16])
+      if "fid_img" in metrics and frames == 16:
+        row["fid_img"] = fvd_lib.fvd(real_frame_features,
+                                     frame_features(videos.reshape((-1,) + videos.shape[2:])))
     results[s] = row
   report = {"ckpt": str(ckpt), "metrics": list(metrics), "num_clips": num, "seed": seed,
             "dataset": config.data.name, "resolution": resolution, "results": results}

@@ -136,5 +136,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def fvd(real_features, fake_features) -> float:
-  """FVD between two feature sets [N, 400] (from `I3DFeatures`)."""
+  """The Fréchet distance between two feature sets [N, D]: FVD with `I3DFeatures`, FID
+  with `fid.InceptionFeatures`."""
   return frechet_distance(*statistics(real_features), *statistics(fake_features))
