@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                                             "torch), .safetensors or .npz.")
   fid_parser.add_argument("--input", required=True, help="pytorch-fid's InceptionV3 weights")
   fid_parser.add_argument("--out", required=True, help="output .npz")
+  r3d_parser = kinds.add_parser("fid-resnet3d", help="Hara's 3D ResNet-50 -> .npz (FID-vid)",
+                                description="Reads resnet-50-kinetics.pth (needs torch), "
+                                            ".safetensors or .npz.")
+  r3d_parser.add_argument("--input", required=True, help="resnet-50-kinetics.pth")
+  r3d_parser.add_argument("--out", required=True, help="output .npz")
   portable_parser = kinds.add_parser("portable", help="a portable export -> our run layout")
   portable_parser.add_argument("--input", required=True, help="folder written by ardiff export")
   portable_parser.add_argument("--output", required=True, help="new run folder")
@@ -204,17 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
       description="Sample --num videos at each s, decode them and score them against as many "
                   "real clips from the config's data section: FVD16 / FVD128 (I3D, "
                   "StyleGAN-V protocol) and, on the synthetic dataset, the physics score. "
-                  "FID-img scores single frames with the InceptionV3 from --fid-weights. "
-                  "Writes eval.json and eval.md (metric by s, plus seconds per video). "
-                  "FID-vid is not available yet.")
+                  "FID-img scores single frames with the InceptionV3 from --fid-weights, "
+                  "FID-vid 16-frame clips with the 3D ResNet-50 from --fid-vid-weights. "
+                  "Writes eval.json and eval.md (metric by s, plus seconds per video).")
   _add_config(evaluate)
   evaluate.add_argument("--ckpt", required=True, help="the DiT run folder")
   evaluate.add_argument("--vae-ckpt", help="the AR-VAE run (default: from latents_info.json)")
   evaluate.add_argument("--metrics", default="fvd16,physics",
-                        help="comma-separated: fvd16, fvd128, fid_img, physics (default "
-                             "fvd16,physics)")
+                        help="comma-separated: fvd16, fvd128, fid_img, fid_vid, physics "
+                             "(default fvd16,physics)")
   evaluate.add_argument("--fid-weights", default="fid_inception.npz",
                         help="FID-img's InceptionV3 (.npz from ardiff convert fid-inception)")
+  evaluate.add_argument("--fid-vid-weights", default="fid_resnet3d.npz",
+                        help="FID-vid's 3D ResNet-50 (.npz from ardiff convert fid-resnet3d)")
   evaluate.add_argument("--s", default="0,5,10", help="comma-separated timestep differences")
   evaluate.add_argument("--num", type=int, default=2048, help="clips per set (default 2048)")
   evaluate.add_argument("--batch-size", type=int, default=8)
@@ -236,7 +243,7 @@ def _eval(args) -> int:
   metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
   report = evaluate.evaluate(config, args.ckpt, args.out, metrics, s_values, args.num,
                              vae_ckpt=args.vae_ckpt, batch_size=args.batch_size, seed=args.seed,
-                             fid_weights=args.fid_weights)
+                             fid_weights=args.fid_weights, fid_vid_weights=args.fid_vid_weights)
   print(evaluate.markdown(report))
   return 0
 
@@ -247,10 +254,10 @@ def _convert(args) -> int:
     convert_lpips(args.vgg, args.lin, args.out)
     print(f"ardiff convert lpips: wrote {args.out}")
     return 0
-  if args.kind == "fid-inception":
-    from ardiffusion_jax.convert.inception import convert_fid_inception
-    convert_fid_inception(args.input, args.out)
-    print(f"ardiff convert fid-inception: wrote {args.out}")
+  if args.kind in ("fid-inception", "fid-resnet3d"):
+    from ardiffusion_jax.convert.metric_nets import convert_metric_net
+    convert_metric_net(args.kind, args.input, args.out)
+    print(f"ardiff convert {args.kind}: wrote {args.out}")
     return 0
   if args.kind == "portable":
     from ardiffusion_jax.convert import portable

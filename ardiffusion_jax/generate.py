@@ -195,7 +195,7 @@ def write_outputs(out_dir, videos, latents, settings: dict, fps: int = 8) -> dic
   out.mkdir(parents=True, exist_ok=True)
   files = []
   if videos is not None:
-    files = [video_lib.write_mp4(out / f"sample_{i:03d}.mp4", v, fps).name
+    files = [video_lib.write_video(out / f"sample_{i:03d}.mp4", v, fps).name
              for i, v in enumerate(videos)]
     scale = max(1, 128 // videos.shape[2])
     viz.write_gif(out / "grid.gif", viz.video_grid(videos), fps=fps, scale=scale)

@@ -529,3 +529,46 @@ class FIDInception3(nn.Module):
                  "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
       x = getattr(self, name)(x)
     return x.mean(dim=(2, 3))
+
+
+# ----------------------------------------- FID-vid's 3D ResNet-50 (metrics §2.3, Hara's)
+
+class Bottleneck3D(nn.Module):
+  def __init__(self, cin, planes, stride, downsample):
+    super().__init__()
+    self.conv1 = nn.Conv3d(cin, planes, 1, bias=False)
+    self.bn1 = nn.BatchNorm3d(planes)
+    self.conv2 = nn.Conv3d(planes, planes, 3, stride=stride, padding=1, bias=False)
+    self.bn2 = nn.BatchNorm3d(planes)
+    self.conv3 = nn.Conv3d(planes, 4 * planes, 1, bias=False)
+    self.bn3 = nn.BatchNorm3d(4 * planes)
+    self.downsample = (nn.Sequential(nn.Conv3d(cin, 4 * planes, 1, stride=stride, bias=False),
+                                     nn.BatchNorm3d(4 * planes)) if downsample else None)
+
+  def forward(self, x):
+    h = F.relu(self.bn1(self.conv1(x)))
+    h = F.relu(self.bn2(self.conv2(h)))
+    h = self.bn3(self.conv3(h))
+    return F.relu(h + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResNet3D50(nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.conv1 = nn.Conv3d(3, 64, 7, stride=(1, 2, 2), padding=3, bias=False)
+    self.bn1 = nn.BatchNorm3d(64)
+    cin = 64
+    for index, (blocks, planes) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+      layers = []
+      for block in range(blocks):
+        stride = 2 if index > 0 and block == 0 else 1
+        layers.append(Bottleneck3D(cin, planes, stride, block == 0))
+        cin = 4 * planes
+      setattr(self, f"layer{index + 1}", nn.Sequential(*layers))
+    self.fc = nn.Linear(2048, 400)
+
+  def forward(self, x):  # NCTHW -> pooled [N, 2048]
+    x = F.max_pool3d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
+    for index in range(4):
+      x = getattr(self, f"layer{index + 1}")(x)
+    return x.mean(dim=(2, 3, 4))

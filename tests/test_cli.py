@@ -26,10 +26,10 @@ def test_each_subcommand_explains_itself(name, capsys):
   assert len(capsys.readouterr().out.splitlines()) >= 3
 
 
-def test_metrics_not_built_yet_say_so_and_fail(tmp_path, capsys):
+def test_eval_rejects_unknown_metrics_before_loading_anything(tmp_path, capsys):
   assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(tmp_path),
-                   "--out", str(tmp_path), "--metrics", "fvd16,fid_vid"]) == 1
-  assert "fid_vid: FID-vid (3D ResNet-50 weights) is not available yet" in capsys.readouterr().err
+                   "--out", str(tmp_path), "--metrics", "fvd16,kvd"]) == 1
+  assert "unknown metric 'kvd'" in capsys.readouterr().err
 
 
 def test_demo_reports_config_errors(tmp_path, capsys):

@@ -3,7 +3,6 @@ a truncated mp4 and a file that is not a video; UCF-101's list files; the datase
 
 import logging
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,18 +24,6 @@ def _frames(seed, size=(SIZE, SIZE)):
   return out
 
 
-def _write_avi(path, frames):
-  with av.open(str(path), mode="w") as container:
-    stream = container.add_stream("mpeg4", rate=8)
-    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-    stream.options = {"qscale": "1"}
-    for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
-
-
 def _write_png_folder(folder, frames):
   folder.mkdir(parents=True)
   for t, frame in enumerate(frames):
@@ -49,10 +36,10 @@ def video_folder(tmp_path):
   root = tmp_path / "train"
   root.mkdir()
   written = {"a.mp4": _frames(0), "b.avi": _frames(1), "c_frames": _frames(2)}
-  video.write_mp4(root / "a.mp4", written["a.mp4"])
-  _write_avi(root / "b.avi", written["b.avi"])
+  video.write_video(root / "a.mp4", written["a.mp4"])
+  video.write_video(root / "b.avi", written["b.avi"], codec="mpeg4", options={"qscale": "1"})
   _write_png_folder(root / "c_frames", written["c_frames"])
-  video.write_mp4(root / "d_truncated.mp4", _frames(3))
+  video.write_video(root / "d_truncated.mp4", _frames(3))
   data = (root / "d_truncated.mp4").read_bytes()
   (root / "d_truncated.mp4").write_bytes(data[:len(data) // 2])
   (root / "e_not_a_video.mp4").write_text("these are not the frames you are looking for")

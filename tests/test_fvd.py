@@ -59,7 +59,7 @@ def test_i3d_fvd_of_black_against_white_clips():
 def test_fid_inception_matches_the_pytorch_reference(tmp_path):
   torch = pytest.importorskip("torch")
   from tests import official_reference as ref
-  from ardiffusion_jax.convert.inception import convert_fid_inception
+  from ardiffusion_jax.convert.metric_nets import convert_metric_net
   from ardiffusion_jax.eval import fid
   from ardiffusion_jax.models.inception import FIDInceptionV3
   net = ref.randomize(ref.FIDInception3(), seed=0, scale=0.05).eval()
@@ -70,7 +70,7 @@ def test_fid_inception_matches_the_pytorch_reference(tmp_path):
         module.running_var.uniform_(0.5, 1.5)
   state = {k: v.numpy() for k, v in net.state_dict().items()}
   torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "pt_inception.pth")
-  variables = convert_fid_inception(tmp_path / "pt_inception.pth", tmp_path / "fid.npz")
+  variables = convert_metric_net("fid-inception", tmp_path / "pt_inception.pth", tmp_path / "fid.npz")
   x = np.random.default_rng(0).uniform(-1, 1, (1, 299, 299, 3)).astype(np.float32)
   ours = FIDInceptionV3().apply(variables, x)
   with torch.no_grad():
@@ -82,6 +82,36 @@ def test_fid_inception_matches_the_pytorch_reference(tmp_path):
   del state["Mixed_7c.branch_pool.conv.weight"]
   np.savez(tmp_path / "broken.npz", **state)
   with pytest.raises(CheckpointError, match="missing Mixed_7c.branch_pool.conv.weight"):
-    convert_fid_inception(tmp_path / "broken.npz", tmp_path / "x.npz")
+    convert_metric_net("fid-inception", tmp_path / "broken.npz", tmp_path / "x.npz")
   with pytest.raises(CheckpointError, match="ardiff convert fid-inception"):
     fid.InceptionFeatures(tmp_path / "absent.npz")
+
+
+def test_fid_vid_resnet3d_matches_the_pytorch_reference(tmp_path):
+  torch = pytest.importorskip("torch")
+  from tests import official_reference as ref
+  from ardiffusion_jax.convert.metric_nets import convert_metric_net
+  from ardiffusion_jax.eval import fid
+  from ardiffusion_jax.models.resnet3d import ResNet3D50
+  net = ref.randomize(ref.ResNet3D50(), seed=0, scale=0.05).eval()
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm3d):
+        module.running_mean.uniform_(-0.1, 0.1)
+        module.running_var.uniform_(0.5, 1.5)
+  # Hara's checkpoints are saved from DataParallel: every key starts with `module.`.
+  torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}},
+             tmp_path / "resnet-50-kinetics.pth")
+  variables = convert_metric_net("fid-resnet3d", tmp_path / "resnet-50-kinetics.pth",
+                                 tmp_path / "r3d.npz")
+  x = np.random.default_rng(0).standard_normal((1, 16, 48, 48, 3)).astype(np.float32)
+  ours = ResNet3D50().apply(variables, x)
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(x).permute(0, 4, 1, 2, 3)).numpy()
+  assert np.max(np.abs(np.asarray(ours) - theirs)) / np.max(np.abs(theirs)) <= 1e-4
+  videos = np.broadcast_to(np.arange(20, dtype=np.uint8)[None, :, None, None, None], (2, 20, 8, 8, 3))
+  segments, k = fid.segments_of(videos)
+  assert k == 2 and segments.shape == (4, 16, 8, 8, 3)
+  assert list(segments[1, :, 0, 0, 0]) == [16, 17, 18, 19] + [19] * 12  # padded with the last frame
+  with pytest.raises(CheckpointError, match="ardiff convert fid-resnet3d"):
+    fid.ResNet3DFeatures(tmp_path / "absent.npz")

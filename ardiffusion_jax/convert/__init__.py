@@ -158,3 +158,52 @@ def write_model_checkpoint(output, config, state: dict, step: int = 0):
     checkpointer.wait()
   finally:
     checkpointer.close()
+
+
+# A conv + BatchNorm network's leaves -> (PyTorch suffix, layout change).
+_CONV_BN_LEAVES = {
+    ("params", "kernel"): ("weight", lambda w: w.transpose(tuple(range(2, w.ndim)) + (1, 0))),
+    ("params", "scale"): ("weight", None),
+    ("params", "bias"): ("bias", None),
+    ("batch_stats", "mean"): ("running_mean", None),
+    ("batch_stats", "var"): ("running_var", None)}
+
+
+def conv_bn_variables(state, abstract_variables, module_key, ignored=()) -> dict:
+  """Maps a PyTorch conv/BatchNorm state dict onto Flax variables of the same network:
+  `module_key(path)` names the PyTorch module of our module path. Raises CheckpointError
+  naming every missing key, wrong shape and unexpected key (besides `ignored` and the
+  BatchNorm counters)."""
+  import flax
+  flat, problems, used = {}, [], set()
+  for path, leaf in flax.traverse_util.flatten_dict(abstract_variables).items():
+    suffix, layout = _CONV_BN_LEAVES[(path[0], path[-1])]
+    key = f"{module_key(path[1:-1])}.{suffix}"
+    used.add(key)
+    if key not in state:
+      problems.append(f"missing {key}")
+      continue
+    value = layout(state[key]) if layout else state[key]
+    if value.shape != leaf.shape:
+      problems.append(f"{key}: shape {state.shape(key)} does not fit {leaf.shape}")
+      continue
+    flat[path] = value
+  problems += [f"unexpected {k}" for k in state.keys() if k not in used and k not in ignored
+               and not k.endswith("num_batches_tracked")]
+  if problems:
+    raise CheckpointError(f"{state.path} does not match: " + "; ".join(problems))
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def save_variables(path, variables):
+  import flax
+  np.savez(path, **flax.traverse_util.flatten_dict(variables, sep="/"))
+
+
+def load_variables(path, missing_message: str) -> dict:
+  """Variables from an .npz `save_variables` wrote; `missing_message` when absent."""
+  import flax
+  if not pathlib.Path(path).is_file():
+    raise CheckpointError(missing_message)
+  with np.load(path) as data:
+    return flax.traverse_util.unflatten_dict({k: data[k] for k in data.files}, sep="/")

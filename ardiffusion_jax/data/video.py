@@ -1,5 +1,5 @@
 """Videos as uint8 frames: files through PyAV (mp4, avi, ...) and folders of images
-(png/jpg, in name order); clip reading with a stride, resize and centre-crop, mp4 writing."""
+(png/jpg, in name order); clip reading with a stride, resize and centre-crop, writing."""
 
 import pathlib
 
@@ -99,8 +99,10 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
   return out
 
 
-def write_mp4(path, frames: np.ndarray, fps: int = 8) -> pathlib.Path:
-  """Writes uint8 frames [T, H, W, 3] as H.264 mp4 (yuv420p, so sizes are padded to even)."""
+def write_video(path, frames: np.ndarray, fps: int = 8, codec: str = "libx264",
+                options=None) -> pathlib.Path:
+  """Writes uint8 frames [T, H, W, 3] in the container the suffix names (H.264 mp4 by
+  default, crf 18; yuv420p, so sizes are padded to even)."""
   import av
   frames = np.asarray(frames, np.uint8)
   pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
@@ -109,10 +111,10 @@ def write_mp4(path, frames: np.ndarray, fps: int = 8) -> pathlib.Path:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   with av.open(str(path), mode="w") as container:
-    stream = container.add_stream("libx264", rate=fps)
+    stream = container.add_stream(codec, rate=fps)
     stream.width, stream.height = frames.shape[2], frames.shape[1]
     stream.pix_fmt = "yuv420p"
-    stream.options = {"crf": "18"}
+    stream.options = options if options is not None else {"crf": "18"}
     for frame in frames:
       for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
         container.mux(packet)

@@ -2,8 +2,8 @@
 report (metric by s, plus inference time) as JSON and markdown.
 
 Metrics: `fvd16` / `fvd128` (I3D, `eval/fvd.py`, on 16- and 128-frame clips), `fid_img`
-(InceptionV3 on every frame of the 16-frame clips, `eval/fid.py`) and `physics` (the
-synthetic dataset's ball tracking, `eval/physics.py`). Real clips come
+(InceptionV3 on every frame of the 16-frame clips) and `fid_vid` (3D ResNet-50 on them,
+`eval/fid.py`), and `physics` (the synthetic dataset's ball tracking, `eval/physics.py`). Real clips come
 from the config's data section: the synthetic held-out seed, or your dataset's files.
 """
 
@@ -21,15 +21,12 @@ from ardiffusion_jax.eval import fvd as fvd_lib
 from ardiffusion_jax.eval import physics
 
 FVD_FRAMES = {"fvd16": 16, "fvd128": 128}
-METRICS = (*FVD_FRAMES, "fid_img", "physics")
-PENDING = {"fid_vid": "FID-vid (3D ResNet-50 weights)"}
+CLIP_METRICS = ("fid_img", "fid_vid", "physics")  # scored on the 16-frame clips
+METRICS = (*FVD_FRAMES, *CLIP_METRICS)
 
 
 def check_metrics(metrics, data_name: str):
   for metric in metrics:
-    if metric in PENDING:
-      raise ConfigError("--metrics", f"{metric}: {PENDING[metric]} is not available yet (issue 7); "
-                                     f"use {', '.join(METRICS)}")
     if metric not in METRICS:
       raise ConfigError("--metrics", f"unknown metric {metric!r}; expected some of {METRICS}")
   if "physics" in metrics and data_name != "synthetic":
@@ -51,7 +48,7 @@ def real_clips(data, num_frames: int, num: int) -> np.ndarray:
 
 
 def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batch_size: int = 8,
-             seed: int = 0, fid_weights=None) -> dict:
+             seed: int = 0, fid_weights=None, fid_vid_weights=None) -> dict:
   """Scores the DiT run `ckpt` at each s; writes `eval.json` and `eval.md` into `out`."""
   check_metrics(metrics, config.data.name)
   generator = generate.Generator.from_checkpoint(ckpt, vae_ckpt=vae_ckpt)
@@ -62,13 +59,18 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
     raise ConfigError("data.resolution", f"{config.data.resolution} differs from the AR-VAE's "
                                           f"{resolution}")
   lengths = sorted({FVD_FRAMES[m] for m in metrics if m in FVD_FRAMES}
-                   | ({16} if {"physics", "fid_img"} & set(metrics) else set()))
+                   | ({16} if set(CLIP_METRICS) & set(metrics) else set()))
   features = fvd_lib.I3DFeatures(batch_size=batch_size) if any(m in FVD_FRAMES for m in metrics) else None
-  frame_features = fid_lib.InceptionFeatures(fid_weights) if "fid_img" in metrics else None
+  # FID networks: a function of 16-frame clips [N, 16, H, W, 3] to features.
+  fid_nets = {}
+  if "fid_img" in metrics:
+    frames_net = fid_lib.InceptionFeatures(fid_weights)
+    fid_nets["fid_img"] = lambda clips: frames_net(clips.reshape((-1,) + clips.shape[2:]))
+  if "fid_vid" in metrics:
+    fid_nets["fid_vid"] = fid_lib.ResNet3DFeatures(fid_vid_weights, batch_size=batch_size)
   real = {frames: real_clips(config.data, frames, num) for frames in lengths}
   real_features = {frames: features(clips) for frames, clips in real.items()} if features else {}
-  if frame_features:
-    real_frame_features = frame_features(real[16].reshape((-1,) + real[16].shape[2:]))
+  real_fid = {metric: net(real[16]) for metric, net in fid_nets.items()}
   results = {}
   for s in s_values:
     row = {}
@@ -82,9 +84,9 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
           row[metric] = fvd_lib.fvd(real_features[frames], features(videos))
       if "physics" in metrics and frames == 16:
         row["physics"] = physics.physics_score(videos, real[16])
-      if "fid_img" in metrics and frames == 16:
-        row["fid_img"] = fvd_lib.fvd(real_frame_features,
-                                     frame_features(videos.reshape((-1,) + videos.shape[2:])))
+      if frames == 16:
+        for metric, net in fid_nets.items():
+          row[metric] = fvd_lib.fvd(real_fid[metric], net(videos))
     results[s] = row
   report = {"ckpt": str(ckpt), "metrics": list(metrics), "num_clips": num, "seed": seed,
             "dataset": config.data.name, "resolution": resolution, "results": results}
@@ -100,7 +102,9 @@ def markdown(report: dict) -> str:
   metrics = report["metrics"]
   rows = report["results"]
   times = sorted({k for row in rows.values() for k in row if k.startswith("seconds_per_video")})
-  header = ["s"] + [m.upper() if m != "physics" else "physics (speed / accel ratio)" for m in metrics]
+  names = {"fvd16": "FVD16", "fvd128": "FVD128", "fid_img": "FID-img", "fid_vid": "FID-vid",
+           "physics": "physics (speed / accel ratio)"}
+  header = ["s"] + [names[m] for m in metrics]
   header += [f"s/video ({k.rsplit('_', 1)[1]})" for k in times]
   lines = [f"# ardiff eval: {report['dataset']}, {report['num_clips']} clips per set", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -112,6 +116,7 @@ def markdown(report: dict) -> str:
                    if metric == "physics" else f"{value:.1f}")
     cells += [f"{row[k]:.2f}" for k in times]
     lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", "FVD: I3D Kinetics-400 logits, TF1 bilinear resize to 224, [-1, 1], float64 "
-            "Fréchet distance; only comparable at the same number of clips."]
+  lines += ["", "Fréchet distances in float64 (FVD: I3D Kinetics-400 logits; FID-img: "
+            "InceptionV3 pool3 of every frame; FID-vid: 3D ResNet-50); only comparable at the "
+            "same number of clips."]
   return "\n".join(lines) + "\n"

@@ -1,17 +1,28 @@
-"""FID-img: the FID InceptionV3's 2048-d pool3 features of single frames.
+"""FID-img and FID-vid features.
 
-Protocol of the TF reference and StyleGAN-V: uint8 frames, TF1 legacy bilinear resize to
-299×299, (x − 128) / 128; then the Fréchet distance of `eval/fvd.py` (float64, N − 1).
-The weights are pytorch-fid's file, converted once (`ardiff convert fid-inception`).
+FID-img: the FID InceptionV3's 2048-d pool3 features of single frames, with the TF
+reference's preprocessing (uint8, TF1 legacy bilinear resize to 299×299, (x − 128)/128);
+weights from pytorch-fid's file (`ardiff convert fid-inception`).
+
+FID-vid: AR-Diffusion's "FVD-3DRN50": a Kinetics 3D ResNet-50's 2048-d features of
+16-frame segments (the last one padded with its final frame), averaged over segments;
+frames resized to 112×112 bicubic (antialiased, close to their PIL float-mode resize) minus
+the Kinetics mean. Weights: Hara's `resnet-50-kinetics.pth` (`ardiff convert fid-resnet3d`).
+
+Both then use the Fréchet distance of `eval/fvd.py` (float64, N − 1).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiffusion_jax.convert.inception import load_fid_inception
-from ardiffusion_jax.eval.fvd import resize_bilinear_tf1
+from ardiffusion_jax.convert.metric_nets import load_metric_net
+from ardiffusion_jax.eval.fvd import BatchedFeatures, resize_bilinear_tf1
 from ardiffusion_jax.models.inception import FIDInceptionV3
+from ardiffusion_jax.models.resnet3d import ResNet3D50
+
+KINETICS_MEAN = np.array([114.7748, 107.7354, 99.4750], np.float32)
+SEGMENT = 16
 
 
 def preprocess(frames):
@@ -19,22 +30,42 @@ def preprocess(frames):
   return (resize_bilinear_tf1(jnp.asarray(frames, jnp.float32), 299) - 128.0) / 128.0
 
 
-class InceptionFeatures:
+def preprocess_resnet3d(segments):
+  """uint8 [N, 16, H, W, 3] -> float32 [N, 16, 112, 112, 3] minus the Kinetics mean."""
+  x = jnp.asarray(segments, jnp.float32)
+  x = jax.image.resize(x, x.shape[:2] + (112, 112, 3), "bicubic", antialias=True)
+  return x - KINETICS_MEAN
+
+
+def segments_of(videos) -> tuple:
+  """uint8 [N, T, H, W, 3] -> ([N·k, 16, H, W, 3], k): 16-frame segments, the last one
+  padded by repeating its final frame."""
+  videos = np.asarray(videos)
+  k = -(-videos.shape[1] // SEGMENT)
+  pad = k * SEGMENT - videos.shape[1]
+  if pad:
+    videos = np.concatenate([videos, np.repeat(videos[:, -1:], pad, axis=1)], axis=1)
+  return videos.reshape((-1, SEGMENT) + videos.shape[2:]), k
+
+
+class InceptionFeatures(BatchedFeatures):
   """uint8 frames [N, H, W, 3] -> float64 pool3 features [N, 2048]."""
 
   def __init__(self, weights_path, batch_size: int = 32):
-    variables = load_fid_inception(weights_path)
-    model = FIDInceptionV3()
-    self.batch_size = batch_size
-    self._embed = jax.jit(lambda x: model.apply(variables, preprocess(x)))
+    variables = load_metric_net("fid-inception", weights_path)
+    super().__init__(lambda x: FIDInceptionV3().apply(variables, preprocess(x)), batch_size)
 
   def __call__(self, frames) -> np.ndarray:
-    frames = np.asarray(frames)
-    out = []
-    for start in range(0, len(frames), self.batch_size):
-      chunk = frames[start:start + self.batch_size]
-      pad = self.batch_size - len(chunk)  # one compiled shape
-      if pad:
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-      out.append(np.asarray(self._embed(chunk), np.float64)[:self.batch_size - pad])
-    return np.concatenate(out)
+    return self.features(frames)
+
+
+class ResNet3DFeatures(BatchedFeatures):
+  """uint8 videos [N, T, H, W, 3] -> float64 features [N, 2048], averaged over segments."""
+
+  def __init__(self, weights_path, batch_size: int = 8):
+    variables = load_metric_net("fid-resnet3d", weights_path)
+    super().__init__(lambda x: ResNet3D50().apply(variables, preprocess_resnet3d(x)), batch_size)
+
+  def __call__(self, videos) -> np.ndarray:
+    segments, k = segments_of(videos)
+    return self.features(segments).reshape(len(videos), k, -1).mean(axis=1)

@@ -86,13 +86,32 @@ def preprocess(videos):
   return (2.0 * frames / 255.0 - 1.0).reshape(b, t, 224, 224, 3)
 
 
-class I3DFeatures:
+class BatchedFeatures:
+  """Applies a jitted feature network in fixed-size batches (one compiled shape; the last
+  batch is padded with copies and the padding dropped)."""
+
+  def __init__(self, embed, batch_size: int):
+    self._embed, self.batch_size = jax.jit(embed), batch_size
+
+  def features(self, inputs) -> np.ndarray:
+    inputs = np.asarray(inputs)
+    out = []
+    for start in range(0, len(inputs), self.batch_size):
+      chunk = inputs[start:start + self.batch_size]
+      pad = self.batch_size - len(chunk)
+      if pad:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+      out.append(np.asarray(self._embed(chunk), np.float64)[:self.batch_size - pad])
+    return np.concatenate(out)
+
+
+class I3DFeatures(BatchedFeatures):
   """videos uint8 [N, T, H, W, 3] -> float64 features [N, 400], `batch_size` clips a call."""
 
   def __init__(self, path=None, batch_size: int = 8):
     model, variables = load_i3d(path)
-    self.batch_size = batch_size
-    self._embed = jax.jit(lambda v: model.apply(variables, preprocess(v), is_training=False)[0])
+    super().__init__(lambda v: model.apply(variables, preprocess(v), is_training=False)[0],
+                     batch_size)
 
   def __call__(self, videos) -> np.ndarray:
     videos = np.asarray(videos)
@@ -100,14 +119,7 @@ class I3DFeatures:
       raise ValueError(f"expected uint8 videos [N, T, H, W, 3], got shape {videos.shape}")
     if videos.shape[1] < I3D_MIN_FRAMES:
       raise ValueError(f"I3D needs at least {I3D_MIN_FRAMES} frames, got {videos.shape[1]}")
-    out = []
-    for start in range(0, len(videos), self.batch_size):
-      chunk = videos[start:start + self.batch_size]
-      pad = self.batch_size - len(chunk)  # one compiled shape for every call
-      if pad:
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-      out.append(np.asarray(self._embed(chunk), np.float64)[:self.batch_size - pad])
-    return np.concatenate(out)
+    return self.features(videos)
 
 
 def statistics(features):

@@ -1,7 +1,7 @@
 """The FID InceptionV3 (TF `inception-2015-12-05`, as pytorch-fid ports it) in Flax.
 
 Module names follow torchvision's Inception3 state dict (`Mixed_5b.branch1x1.conv`), so
-`convert.inception` maps pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` key by key.
+`convert.metric_nets` maps pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` key by key.
 FID quirks kept (metrics notes §2.4): the pool branches of Mixed_5b-5d, 6b-6e and 7b
 average over valid pixels only (TF padding), Mixed_7c max-pools, BatchNorm eps 1e-3.
 Input: NHWC in [-1, 1] at 299×299; output: the 2048-d pool3 features.
