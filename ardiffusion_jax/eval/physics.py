@@ -1,11 +1,15 @@
 """A physics score for bouncing-shapes videos: find the balls, track them, compare.
 
-Balls are the connected regions that differ clearly from the dark background. Per clip
-we measure how steady the ball count is, the speed (mean displacement of matched balls
-between frames) and the acceleration (mean |second difference|: near zero in free
-flight, large at bounces or when balls jitter). The same detector runs on real clips
-and on samples, so its own bias cancels in the comparison. This is tracking statistics,
-not a learned metric; the evaluation issue refines it.
+Balls are the connected regions that differ clearly from the dark background. They are
+linked between consecutive frames (nearest neighbours, when the count agrees). Per clip
+we measure how steady the ball count is, the speed (mean displacement of linked balls),
+the acceleration (mean |second difference| along a track: near zero in free flight,
+large at bounces or when balls jitter), and the bounces: a velocity component that
+changes sign is a bounce; a correct one happens at a wall (within the ball's radius plus
+one step of it) and keeps that component's speed (elastic walls). Ball-ball collisions
+also reverse components away from walls, so real clips set the reference: the same
+detector runs on real clips and samples, and its bias cancels in the ratios. This is
+tracking statistics, not a learned metric.
 """
 
 import numpy as np
@@ -13,6 +17,7 @@ import numpy as np
 from ardiffusion_jax.data.synthetic import BACKGROUND
 
 MIN_AREA = 6  # pixels; smaller specks are noise
+MIN_BOUNCE_SPEED = 0.3  # px/frame on the reversed axis, both before and after
 
 
 def ball_mask(frame: np.ndarray, threshold: float = 60.0) -> np.ndarray:
@@ -44,33 +49,70 @@ def connected_regions(mask: np.ndarray):
 
 def clip_statistics(video: np.ndarray) -> dict:
   """Tracking statistics of one uint8 clip [F, H, W, 3]."""
-  centroids = [np.array([c for c, _ in connected_regions(ball_mask(f))]).reshape(-1, 2)
-               for f in video]
+  height, width = video.shape[1:3]
+  regions = [connected_regions(ball_mask(f)) for f in video]
+  centroids = [np.array([c for c, _ in r]).reshape(-1, 2) for r in regions]
+  radii = [np.sqrt(np.array([a for _, a in r], np.float64) / np.pi) for r in regions]
   counts = np.array([len(c) for c in centroids])
   mode = np.bincount(counts).argmax()
-  # Greedy nearest matching between consecutive frames with the same count.
-  velocities = []  # per frame pair: [n, 2] matched displacements, or None
+  # Greedy nearest matching between consecutive frames with the same count: ball i of
+  # frame k is ball links[k][i] of frame k + 1, having moved by velocities[k][i].
+  velocities, links = [], []
   for a, b in zip(centroids[:-1], centroids[1:]):
     if len(a) != len(b) or not len(a):
       velocities.append(None)
+      links.append(None)
       continue
     distance = np.linalg.norm(a[:, None] - b[None], axis=-1)
-    matched, taken = np.empty_like(a), set()
+    matched, link, taken = np.empty_like(a), np.empty(len(a), int), set()
     for i in np.argsort(distance.min(axis=1)):  # surest pairs first
       j = next(j for j in np.argsort(distance[i]) if j not in taken)
       taken.add(j)
-      matched[i] = b[j] - a[i]
+      matched[i], link[i] = b[j] - a[i], j
     velocities.append(matched)
+    links.append(link)
   speeds = [np.linalg.norm(v, axis=-1).mean() for v in velocities if v is not None]
-  accels = [np.linalg.norm(v2 - v1, axis=-1).mean()
-            for v1, v2 in zip(velocities[:-1], velocities[1:])
-            if v1 is not None and v2 is not None and len(v1) == len(v2)]
+  def step(k, ball):  # ball's displacement from frame k to k + 1, if tracked
+    return None if not 0 <= k < len(velocities) or velocities[k] is None else velocities[k][ball]
+
+  def previous(k, ball):  # the same ball's index in frame k - 1, if tracked
+    if k < 1 or links[k - 1] is None:
+      return None
+    found = np.flatnonzero(links[k - 1] == ball)
+    return int(found[0]) if len(found) else None
+
+  accels, at_wall, elasticity = [], [], []
+  for k in range(len(velocities) - 1):
+    v1, v2 = velocities[k], velocities[k + 1]
+    if v1 is None or v2 is None:
+      continue
+    after = v2[links[k]]  # each ball's next displacement, in frame k's ball order
+    accels.append(np.linalg.norm(after - v1, axis=-1).mean())
+    for i, j in enumerate(links[k]):
+      for axis, size in ((0, width), (1, height)):
+        before_c, after_c = v1[i, axis], after[i, axis]
+        if before_c * after_c >= 0 or min(abs(before_c), abs(after_c)) < MIN_BOUNCE_SPEED:
+          continue
+        position = centroids[k + 1][j, axis]
+        reach = radii[k + 1][j] + max(abs(before_c), abs(after_c)) + 1.0
+        at_wall.append(min(position, size - position) <= reach)
+        # Elasticity from the whole steps around the bounce (the steps touching it are
+        # cut short by the wall): one step earlier against one step later.
+        earlier_ball = previous(k, i)
+        earlier = None if earlier_ball is None else step(k - 1, earlier_ball)
+        later = step(k + 2, links[k + 1][j]) if links[k + 1] is not None else None
+        if at_wall[-1] and earlier is not None and later is not None and earlier[axis]:
+          elasticity.append(abs(later[axis]) / abs(earlier[axis]))
+  nan = float("nan")
   return {
       "balls": float(mode),
       "count_consistency": float(np.mean(counts == mode)),
       "tracked_fraction": float(np.mean([v is not None for v in velocities])) if velocities else 0.0,
-      "speed": float(np.mean(speeds)) if speeds else float("nan"),
-      "acceleration": float(np.mean(accels)) if accels else float("nan"),
+      "speed": float(np.mean(speeds)) if speeds else nan,
+      "acceleration": float(np.mean(accels)) if accels else nan,
+      "bounces": float(len(at_wall)),
+      "wall_bounce_fraction": float(np.mean(at_wall)) if at_wall else nan,
+      "bounce_elasticity": float(np.mean(elasticity)) if elasticity else nan,
   }
 
 
@@ -83,8 +125,10 @@ def summarize(videos) -> dict:
 
 def physics_score(samples, real) -> dict:
   """Statistics of samples and real clips side by side, and the sample/real ratios of
-  speed and acceleration (1.0 is a perfect match)."""
+  speed, acceleration and bounce correctness (1.0 is a perfect match)."""
   sample_stats, real_stats = summarize(samples), summarize(real)
   ratio = lambda key: sample_stats[key] / real_stats[key] if real_stats[key] else float("nan")
   return {"samples": sample_stats, "real": real_stats,
-          "speed_ratio": ratio("speed"), "acceleration_ratio": ratio("acceleration")}
+          "speed_ratio": ratio("speed"), "acceleration_ratio": ratio("acceleration"),
+          "wall_bounce_ratio": ratio("wall_bounce_fraction"),
+          "elasticity_ratio": ratio("bounce_elasticity")}
