@@ -138,3 +138,8 @@ def test_tfds_builder_round_trip_without_tensorflow(video_folder, tmp_path):
     assert isinstance(path, bytes)
     np.testing.assert_array_equal(stored["video"], folder[paths.index(path.decode())]["video"])
   assert source[0]["video"].shape == (6, 32, 32, 3) and source[0]["label"] == 0
+  # By name from a TFDS data dir, as for a prepared catalog dataset (tfds.data_source).
+  by_name = config_lib.load_config("configs/taichi.py:smoke", [
+      "data.name='tfds'", f"data.tfds_dir='{tmp_path / 'tfds'}'",
+      "data.tfds_name='video_clips/taichi'", "data.num_frames=6"])
+  np.testing.assert_array_equal(datasets.video_source(by_name.data)[1]["video"], source[1]["video"])
