@@ -88,7 +88,8 @@ class RuleSet:
     elif kind == "bias":
       torch_shape, convert = (int(np.prod(shape)),), lambda b: b.reshape(shape)
     elif kind in ("linear", "conv1x1"):
-      split = len(shape) - 1 if path[-2] in ("proj",) and len(shape) == 3 else 1
+      # Attention output projections [H, hd, D] contract two axes; other kernels one.
+      split = 2 if path[-2] == "proj" else 1
       fan_in, fan_out = int(np.prod(shape[:split])), int(np.prod(shape[split:]))
       torch_shape = (fan_out, fan_in) + ((1, 1) if kind == "conv1x1" else ())
       convert = _linear(shape)
