@@ -69,7 +69,7 @@ def video_dataset_config(dataset: str, variant, *, num_classes: int = 0, vae_lr:
       num_frames=8 if smoke else 16,
       frame_stride=1,  # the authors take consecutive native-rate frames
       resolution=32 if smoke else 256,
-      random_start=True,  # one random clip start per video and epoch seed, as the authors
+      random_start=True,  # a random clip start per video, drawn from (seed, index)
       seed=0,
       tfds_dir="",  # with name='tfds': a builder directory (ardiff build-tfds) or a data dir
       tfds_name="",  # with a data dir: the TFDS dataset name, e.g. 'ucf101'
