@@ -343,7 +343,7 @@ def bench_convert(argv):
   config = config_lib.load_config(args.config)
   model = dit.dit_from_config(config.dit)
   p = official.DIT_PREFIX
-  width, frames, tokens = model.hidden_size, model.num_frames, model.tokens_per_frame
+  width = model.hidden_size
   shapes = {"context_emb": (model.context_tokens, model.context_dim)}
   shapes.update({key: value.shape for key, value in official.expected_buffers(config, model).items()})
   linears = {"x_embedder": (width, model.in_channels), "t_embedder.mlp.0": (width, 256),

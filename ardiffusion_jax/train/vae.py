@@ -89,7 +89,6 @@ def phase_of(step: int, disc_start: int) -> str:
 def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=None):
   """The pure VAE step `(state, batch, phase) -> (state, metrics)` (phase from
   `phase_of`, static); batch['video'] is uint8 [B, T, H, W, 3]."""
-  disc_start = train_config.disc_start
 
   def reconstruct(params, video, key):
     return model.apply({"params": params}, video, sample_posterior=True, rng=key)[0]
