@@ -7,6 +7,7 @@ State dicts are read one tensor at a time (`open_state_dict`), so converting the
 import json
 import pathlib
 
+import flax
 import numpy as np
 
 from ardiffusion_jax.errors import CheckpointError
@@ -35,7 +36,8 @@ class StateDict:
     return np.asarray(self._load(self._names[key]), np.float32)
 
   def without(self, keys) -> "StateDict":
-    keep = {k: v for k, v in self._shapes.items() if k not in set(keys)}
+    drop = set(keys)
+    keep = {k: v for k, v in self._shapes.items() if k not in drop}
     return StateDict(self.path, keep, self._load, {k: self._names[k] for k in keep})
 
   def mapped(self, mapping, extra: dict) -> "StateDict":
@@ -174,7 +176,6 @@ def conv_bn_variables(state, abstract_variables, module_key, ignored=()) -> dict
   `module_key(path)` names the PyTorch module of our module path. Raises CheckpointError
   naming every missing key, wrong shape and unexpected key (besides `ignored` and the
   BatchNorm counters)."""
-  import flax
   flat, problems, used = {}, [], set()
   for path, leaf in flax.traverse_util.flatten_dict(abstract_variables).items():
     suffix, layout = _CONV_BN_LEAVES[(path[0], path[-1])]
@@ -196,13 +197,11 @@ def conv_bn_variables(state, abstract_variables, module_key, ignored=()) -> dict
 
 
 def save_variables(path, variables):
-  import flax
   np.savez(path, **flax.traverse_util.flatten_dict(variables, sep="/"))
 
 
 def load_variables(path, missing_message: str) -> dict:
   """Variables from an .npz `save_variables` wrote; `missing_message` when absent."""
-  import flax
   if not pathlib.Path(path).is_file():
     raise CheckpointError(missing_message)
   with np.load(path) as data:
