@@ -79,8 +79,9 @@ def video_dataset_config(dataset: str, variant, *, num_classes: int = 0, vae_lr:
   config.dit.num_frames = config.sample.num_frames = config.data.num_frames
   config.dit.num_classes = num_classes
   if not smoke:
-    config.vae.update(variant="official", size="paper", patch_size=16, channel_mult=(1, 1, 2, 2, 4))
-    config.vae_train.update(pixel_loss="l1", lr=vae_lr if variant == "vae" else 1e-6,
+    config.vae.update(variant="official", size="paper", patch_size=16, channel_mult=(1, 1, 2, 2, 4),
+                      pixel_hidden=128, proxy_head=False)
+    config.vae_train.update(pixel_loss="l1", proxy_weight=0.0, lr=vae_lr if variant == "vae" else 1e-6,
                             disc_lr=vae_lr, batch_size=32)
     if variant == "vae":
       config.vae_train.disc_start = disc_start
@@ -267,6 +268,10 @@ def _validate_vae_train(train, data, vae, mesh_shape):
   _require(train.perceptual_weight >= 0, "vae_train.perceptual_weight", "must be >= 0")
   _require(train.get("pixel_loss", "l1") in ("l1", "l2"), "vae_train.pixel_loss",
            f"expected 'l1' (the authors') or 'l2', got {train.get('pixel_loss')!r}")
+  proxy_weight = train.get("proxy_weight", 0.0)
+  _require(proxy_weight >= 0, "vae_train.proxy_weight", f"must be >= 0, got {proxy_weight}")
+  _require(proxy_weight == 0 or vae.get("proxy_head", False), "vae_train.proxy_weight",
+           "needs vae.proxy_head = True (the head whose loss it weights)")
   for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
     _require(train[field] >= 1, f"vae_train.{field}", f"must be >= 1, got {train[field]}")
 

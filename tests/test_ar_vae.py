@@ -99,6 +99,31 @@ def test_latents_are_raw_means_and_decoding_normalises_each_token():
   assert recon.shape == video.shape
 
 
+def test_proxy_head_reads_each_patch_from_its_own_decoder_token():
+  model = _tiny(proxy_head=True)
+  video = jax.random.uniform(jax.random.key(3), (1, 2, 64, 64, 3))
+  variables = _randomised(model, video)  # perturbs the zero-initialised head too
+  key = jax.random.key(4)
+  (recon, proxy), state = model.apply(
+      variables, video, key, method=ar_vae.ARVAE.training_reconstruction,
+      capture_intermediates=lambda mdl, name: mdl.name == "ln_post" and name == "__call__")
+  sampled, _, _ = model.apply(variables, video, sample_posterior=True, rng=key)
+  np.testing.assert_array_equal(recon, sampled)  # the same reconstruction as __call__
+  assert proxy.shape == video.shape
+  features = state["intermediates"]["decoder"]["ln_post"]["__call__"][0]  # [2, 64 tokens, 64]
+  head = variables["params"]["proxy_patch_head"]
+  p = model.patch_size
+  for frame, row, col in [(0, 0, 0), (1, 13, 50), (1, 63, 7)]:
+    token = features[frame, (row // p) * (64 // p) + col // p]
+    pixel = (token @ head["kernel"] + head["bias"]).reshape(p, p, 3)[row % p, col % p]
+    np.testing.assert_allclose(proxy[0, frame, row, col], pixel, rtol=1e-5, atol=1e-6)
+  plain = _tiny()
+  assert "proxy_patch_head" not in jax.eval_shape(plain.init, jax.random.key(0), video)["params"]
+  _, none = plain.apply(_randomised(plain, video), video, key,
+                        method=ar_vae.ARVAE.training_reconstruction)
+  assert none is None
+
+
 def test_nin_shortcut_quirk_changes_the_shortcut_shape():
   def nin_shape(variant):
     params = jax.eval_shape(_tiny(variant).init, jax.random.key(0),

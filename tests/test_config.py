@@ -22,6 +22,7 @@ def test_variants_load_and_validate(variant):
     (["mesh.fsdp=3"], "mesh"),
     (["diffusion.beta_schedule='quadratic'"], "diffusion.beta_schedule"),
     (["vae_train.pixel_loss='l3'"], "vae_train.pixel_loss"),
+    (["vae.proxy_head=False"], "vae_train.proxy_weight"),  # a weight for a missing head
     (["dit.attention_chunks=3"], "dit.attention_chunks"),
 ])
 def test_bad_fields_are_named(overrides, field):

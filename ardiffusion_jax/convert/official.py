@@ -345,7 +345,10 @@ def vae_config_from_state(state, config):
       pixel_hidden=hidden, channel_mult=mult,
       pixel_z_channels=_need(state, "pixel_quantize_conv.weight")[0],
       pixel_codebook_size=_need(state, "decoder.ffn.2.weight")[0],
-      temporal_causal="decoder.fine_temporal_blocks.0.ln_1.weight" in state, dtype="float32")
+      temporal_causal="decoder.fine_temporal_blocks.0.ln_1.weight" in state, dtype="float32",
+      proxy_head=False)  # the authors' checkpoints have none; init_from starts one fresh
+  if "vae_train" in config:
+    config.vae_train.proxy_weight = 0.0
   config.data.resolution = grid * patch
   if _need(state, "encoder.transformer.0.mlp.c_fc.weight")[0] != 4 * width:
     raise CheckpointError("the AR-VAE's MLP ratio is not 4")

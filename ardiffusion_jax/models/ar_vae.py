@@ -13,6 +13,11 @@ Variants (flags, one module):
 | nin_shortcut_quirk | nin applied to the block output, input residual dropped | nin on the input |
 | temporal_zero_init | False: their generic re-init perturbs the temporal blocks | True: out proj zero |
 
+`proxy_head=True` (off in both variants' checkpoints; on in the tiny synthetic configs)
+adds a training-only linear head that reads each patch's pixels straight off the decoder
+ViT, our stand-in for TiTok's proxy-code stage: its loss gives the ViTs a direct
+gradient, without which the tokenizer trained from scratch stays at the mean image.
+
 Images are float in [0, 1], NHWC. Latents are [..., 32, 4]; `encode` returns the raw
 mean and logvar, `decode` L2-normalises each token first, exactly where the authors do.
 """
@@ -227,7 +232,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z):
-    """z [B, T, L, token_dim] (unit-norm tokens) -> logits [B, T, grid, grid, codebook]."""
+    """z [B, T, L, token_dim] (unit-norm tokens) -> (features [B·T, grid, grid, width] after
+    ln_post, logits [B, T, grid, grid, codebook])."""
     batch, frames = z.shape[:2]
     n = batch * frames
     latent = layers.dense(self.width, (None, "embed"), "decoder_embed", kernel_init=LINEAR_INIT,
@@ -252,12 +258,12 @@ class Decoder(nn.Module):
                              lat.reshape(n, self.num_latent_tokens, self.width)], axis=1)
       x = ViTBlock(self.num_heads, dtype=self.dtype, name=f"transformer_{i}")(x)
     x = _layer_norm("ln_post")(x[:, 1:1 + num_pixels])
-    x = x.reshape(n, self.grid, self.grid, self.width)
+    features = x.reshape(n, self.grid, self.grid, self.width)
     h = jnp.tanh(layers.dense(2 * self.width, ("embed", "mlp"), "ffn_0", kernel_init=LINEAR_INIT,
-                              dtype=self.dtype)(x))
+                              dtype=self.dtype)(features))
     logits = layers.dense(self.codebook_size, ("mlp", None), "ffn_2", kernel_init=LINEAR_INIT,
                           dtype=self.dtype)(h)
-    return logits.reshape(batch, frames, self.grid, self.grid, self.codebook_size)
+    return features, logits.reshape(batch, frames, self.grid, self.grid, self.codebook_size)
 
 
 class ARVAE(nn.Module):
@@ -279,6 +285,7 @@ class ARVAE(nn.Module):
   nin_shortcut_quirk: bool = False
   temporal_causal: bool = False
   temporal_zero_init: bool = True
+  proxy_head: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -303,6 +310,11 @@ class ARVAE(nn.Module):
                                             "pixel_quantize_conv", dtype=self.dtype)
     self.pixel_decoder = PixelDecoder(self.pixel_hidden, tuple(self.channel_mult),
                                       self.norm_groups, self.nin_shortcut_quirk, dtype=self.dtype)
+    if self.proxy_head:
+      # Training only: reads each patch's pixels straight off the decoder ViT (README, AR-VAE).
+      self.proxy_patch_head = layers.dense(self.patch_size ** 2 * 3, ("embed", None),
+                                           "proxy_patch_head", kernel_init=layers.zeros,
+                                           dtype=self.dtype)
 
   def encode(self, video):
     """video [B, T, H, W, 3] in [0, 1] -> (mean, logvar), each [B, T, L, token_dim].
@@ -318,21 +330,40 @@ class ARVAE(nn.Module):
 
   def decode(self, latents):
     """latents [B, T, L, token_dim] (any norm) -> video [B, T, H, W, 3], unbounded."""
+    return self._decode(latents)[0]
+
+  def _decode(self, latents):
+    """-> (video, the proxy head's video or None), each [B, T, H, W, 3]."""
     batch, frames = latents.shape[:2]
-    logits = self.decoder(layers.l2_normalize(latents))
+    features, logits = self.decoder(layers.l2_normalize(latents))
     soft_codes = self.pixel_quantize_conv(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
     grid = logits.shape[2]
     pixels = self.pixel_decoder(soft_codes.reshape(batch * frames, grid, grid, -1))
-    return pixels.reshape((batch, frames) + pixels.shape[1:]).astype(jnp.float32)
+    unflatten = lambda images: images.reshape((batch, frames) + images.shape[1:]).astype(jnp.float32)
+    if not self.proxy_head:
+      return unflatten(pixels), None
+    p = self.patch_size
+    patches = self.proxy_patch_head(features).reshape(batch * frames, grid, grid, p, p, 3)
+    proxy = patches.transpose(0, 1, 3, 2, 4, 5).reshape(pixels.shape)
+    return unflatten(pixels), unflatten(proxy)
 
-  def __call__(self, video, sample_posterior: bool = False, rng=None):
-    """Reconstruction. Training samples z = normalize(mean + σ·ε) (needs `rng`);
-    evaluation uses the mean. Returns (reconstruction, mean, logvar)."""
+  def _latents(self, video, sample_posterior, rng):
     mean, logvar = self.encode(video)
     z = mean
     if sample_posterior:
       z = layers.l2_normalize(mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape))
+    return z, mean, logvar
+
+  def __call__(self, video, sample_posterior: bool = False, rng=None):
+    """Reconstruction. Training samples z = normalize(mean + σ·ε) (needs `rng`);
+    evaluation uses the mean. Returns (reconstruction, mean, logvar)."""
+    z, mean, logvar = self._latents(video, sample_posterior, rng)
     return self.decode(z), mean, logvar
+
+  def training_reconstruction(self, video, rng):
+    """The sampled-posterior reconstruction and, with `proxy_head`, the proxy head's
+    patch-by-patch reconstruction (else None); each [B, T, H, W, 3]."""
+    return self._decode(self._latents(video, True, rng)[0])
 
 
 def vae_from_config(vae_config) -> ARVAE:

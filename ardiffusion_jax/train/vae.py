@@ -1,7 +1,8 @@
 """AR-VAE training in the paper's three stages, on the shared loop (`train/loop.py`).
 
 Stage 1 (frames): L1 (or MSE, `vae_train.pixel_loss`) + perceptual reconstruction of
-single frames through the sampled, normalised latent. Stage 2: from `vae_train.disc_start` the PatchGAN joins; odd steps
+single frames through the sampled, normalised latent, plus `vae_train.proxy_weight` times
+the proxy head's MSE when the model has one (`vae.proxy_head`). Stage 2: from `vae_train.disc_start` the PatchGAN joins; odd steps
 train the discriminator only and even steps the generator, whose adversarial term is
 weighted by the ratio of gradient norms at the decoder's last layer (spec §1.6-1.7).
 Stage 3 (`vae_causal`): the temporally causal decoder blocks are finetuned on clips,
@@ -68,7 +69,7 @@ def _last_layer(tree):
   return tree
 
 
-METRICS = ("loss", "l1", "perceptual", "psnr", "g_loss", "d_loss", "d_weight")
+METRICS = ("loss", "l1", "perceptual", "psnr", "proxy", "g_loss", "d_loss", "d_weight")
 
 
 def _metrics(video, recon, **values):
@@ -91,9 +92,10 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
   `phase_of`, static); batch['video'] is uint8 [B, T, H, W, 3]."""
 
   def reconstruct(params, video, key):
-    return model.apply({"params": params}, video, sample_posterior=True, rng=key)[0]
+    return model.apply({"params": params}, video, key, method=ar_vae.ARVAE.training_reconstruction)
 
   squared = train_config.get("pixel_loss", "l1") == "l2"
+  proxy_weight = train_config.get("proxy_weight", 0.0)
 
   def nll_of(video, recon):
     l1 = jnp.mean(jnp.abs(video - recon))
@@ -112,18 +114,22 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
 
   def generator_step(state, video, key, with_gan):
     def losses(params):  # one forward pass for both the reconstruction and the GAN term
-      recon = reconstruct(params, video, key)
+      recon, proxy = reconstruct(params, video, key)
       nll, l1, perceptual = nll_of(video, recon)
+      proxy_loss = jnp.zeros(())
+      if proxy is not None and proxy_weight > 0:
+        proxy_loss = jnp.mean(jnp.square(video - proxy))
+        nll = nll + proxy_weight * proxy_loss
       g_loss = jnp.zeros(())
       if with_gan:
         logits, _ = discriminate(state.disc_params, state.disc_batch_stats, recon)
         g_loss = discriminator.generator_adversarial_loss(logits)
-      return (nll, g_loss), (recon, l1, perceptual)
+      return (nll, g_loss), (recon, l1, perceptual, proxy_loss)
 
-    (nll, g_loss), backward, (recon, l1, perceptual) = jax.vjp(losses, state.params,
-                                                                has_aux=True)
+    (nll, g_loss), backward, (recon, l1, perceptual, proxy_loss) = jax.vjp(
+        losses, state.params, has_aux=True)
     (grads,) = backward((jnp.ones(()), jnp.zeros(())))
-    metrics = _metrics(video, recon, loss=nll, l1=l1, perceptual=perceptual)
+    metrics = _metrics(video, recon, loss=nll, l1=l1, perceptual=perceptual, proxy=proxy_loss)
     if with_gan:
       (gan_grads,) = backward((jnp.zeros(()), jnp.ones(())))
       weight = train_config.disc_weight * discriminator.adaptive_weight(
@@ -135,7 +141,7 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
                          opt_state=opt_state), metrics
 
   def discriminator_step(state, video, key):
-    recon = jax.lax.stop_gradient(reconstruct(state.params, video, key))
+    recon = jax.lax.stop_gradient(reconstruct(state.params, video, key)[0])
 
     def d_loss_fn(disc_params):
       real, stats = discriminate(disc_params, state.disc_batch_stats, video)
