@@ -339,7 +339,8 @@ class ARVAE(nn.Module):
     soft_codes = self.pixel_quantize_conv(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
     grid = logits.shape[2]
     pixels = self.pixel_decoder(soft_codes.reshape(batch * frames, grid, grid, -1))
-    unflatten = lambda images: images.reshape((batch, frames) + images.shape[1:]).astype(jnp.float32)
+    unflatten = lambda images: images.reshape((batch, frames) + images.shape[1:]).astype(
+        jnp.float32)
     if not self.proxy_head:
       return unflatten(pixels), None
     p = self.patch_size

@@ -2,9 +2,10 @@
 
 Stage 1 (frames): L1 (or MSE, `vae_train.pixel_loss`) + perceptual reconstruction of
 single frames through the sampled, normalised latent, plus `vae_train.proxy_weight` times
-the proxy head's MSE when the model has one (`vae.proxy_head`). Stage 2: from `vae_train.disc_start` the PatchGAN joins; odd steps
-train the discriminator only and even steps the generator, whose adversarial term is
-weighted by the ratio of gradient norms at the decoder's last layer (spec §1.6-1.7).
+the proxy head's MSE when the model has one (`vae.proxy_head`). Stage 2: from
+`vae_train.disc_start` the PatchGAN joins; odd steps train the discriminator only and
+even steps the generator, whose adversarial term is weighted by the ratio of gradient
+norms at the decoder's last layer (spec §1.6-1.7).
 Stage 3 (`vae_causal`): the temporally causal decoder blocks are finetuned on clips,
 everything else frozen, starting from a stage-2 checkpoint.
 """
