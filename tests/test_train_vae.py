@@ -28,9 +28,12 @@ def test_frame_stage_reconstruction_loss_falls_at_64px(tmp_path):
                              "vae_train.disc_start": -1, "vae_train.checkpoint_every": 1000,
                              "vae_train.log_every": 1, "mesh.data": 1})
   train_vae.train(config, str(tmp_path), devices=jax.devices()[:1])
-  losses = [r["loss"] for r in read_metrics(tmp_path)]
+  records = read_metrics(tmp_path)
+  losses = [r["loss"] for r in records]
   assert len(losses) == 120
   assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])
+  proxy = [r["proxy"] for r in records]  # the proxy head's MSE is in the loss and falls
+  assert min(proxy) > 0 and np.mean(proxy[-20:]) < np.mean(proxy[:5])
 
 
 def test_adversarial_stage_alternates_on_8_devices(tmp_path):
