@@ -80,7 +80,7 @@ def video_dataset_config(dataset: str, variant, *, num_classes: int = 0, vae_lr:
   config.dit.num_classes = num_classes
   if not smoke:
     config.vae.update(variant="official", size="paper", patch_size=16, channel_mult=(1, 1, 2, 2, 4),
-                      pixel_hidden=128, proxy_head=False)
+                      proxy_head=False)
     config.vae_train.update(pixel_loss="l1", proxy_weight=0.0, disc_lr=vae_lr, batch_size=32,
                             lr=vae_lr if variant == "vae" else 1e-6)
     if variant == "vae":

@@ -118,7 +118,7 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
       recon, proxy = reconstruct(params, video, key)
       nll, l1, perceptual = nll_of(video, recon)
       proxy_loss = jnp.zeros(())
-      if proxy is not None and proxy_weight > 0:
+      if proxy_weight > 0:  # validation guarantees the head
         proxy_loss = jnp.mean(jnp.square(video - proxy))
         nll = nll + proxy_weight * proxy_loss
       g_loss = jnp.zeros(())
