@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ardiffusion_jax import diffusion, timesteps
-from ardiffusion_jax.models import layers
+from ardiffusion_jax.models import dit, layers
 from ardiffusion_jax.models.dit import EMPTY_SLOT, KVCache
 
 MODES = ("cached", "full")
@@ -180,23 +180,27 @@ def _denoiser(model, variables, label, cfg_scale: float, attention_window):
 
 def _empty_cache(model, batch: int, slots: int, dtype) -> KVCache:
   head_dim = model.hidden_size // model.num_heads
-  shape = (model.depth, batch, slots * model.tokens_per_frame, model.num_heads, head_dim)
-  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-                 jnp.full((slots,), EMPTY_SLOT, jnp.int32))
+  shape = (batch, slots * model.tokens_per_frame, model.num_heads, head_dim)
+  empty = tuple(jnp.zeros(shape, dtype) for _ in range(model.depth))
+  return KVCache(empty, empty, jnp.full((slots,), EMPTY_SLOT, jnp.int32))
 
 
-def _write(cache: KVCache, kv, first_frame, num_frames: int, tokens: int) -> KVCache:
-  """Stores the keys and values of frames [first_frame, first_frame + num_frames) in their
-  ring slots (frame % slots; the caller keeps a write from wrapping)."""
-  slots = cache.frames.shape[0]
-  slot = first_frame % slots
-  keys = jax.lax.dynamic_update_slice_in_dim(cache.keys, kv[0].astype(cache.keys.dtype),
-                                             slot * tokens, axis=2)
-  values = jax.lax.dynamic_update_slice_in_dim(cache.values, kv[1].astype(cache.values.dtype),
-                                               slot * tokens, axis=2)
-  frames = jax.lax.dynamic_update_slice_in_dim(
-      cache.frames, first_frame + jnp.arange(num_frames, dtype=jnp.int32), slot, axis=0)
-  return KVCache(keys, values, frames)
+def _write(cache: KVCache, kv, first_frame, frame_ids, tokens: int) -> KVCache:
+  """Stores keys and values for the ring slots from that of `first_frame` (frame % slots;
+  the caller keeps a write from wrapping) and records `frame_ids` [count] as their frames."""
+  slot = first_frame % cache.frames.shape[0]
+  store = lambda old, new: jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype),
+                                                               slot * tokens, axis=1)
+  return KVCache(jax.tree.map(store, cache.keys, kv[0]), jax.tree.map(store, cache.values, kv[1]),
+                 jax.lax.dynamic_update_slice_in_dim(cache.frames, frame_ids, slot, axis=0))
+
+
+def _read(cache: KVCache, frame, tokens: int):
+  """The slot of `frame` as `_write` takes it back: (keys, values), its frame ids [1]."""
+  slot = frame % cache.frames.shape[0]
+  load = lambda a: jax.lax.dynamic_slice_in_dim(a, slot * tokens, tokens, axis=1)
+  kv = (jax.tree.map(load, cache.keys), jax.tree.map(load, cache.values))
+  return kv, cache.frames[slot, None]
 
 
 def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
@@ -226,33 +230,39 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
                        f"{'missing' if context is None else 'given'}")
     if label is None:
       label = jnp.full((batch_size,), model.null_label, jnp.int32)
-    predict = _denoiser(model, variables, label, cfg_scale, plan.attention_window)
+    predict = _denoiser(*dit.unrolled(model, variables), label, cfg_scale,
+                        plan.attention_window)
     cache_batch = batch_size * (2 if cfg_scale != 1.0 else 1)
     key_init, key_noise = jax.random.split(key)
     x = jax.random.normal(key_init, (batch_size, num_frames, tokens, channels), jnp.float32)
     if context_frames:
       x = x.at[:, :context_frames].set(context.astype(jnp.float32))
 
-    def frame_pass(cache, x, first, count):
-      """Writes frames [first, first+count) (finished, at the context timestep) to the cache."""
+    def frame_kv(cache, x, first, count):
+      """Keys and values of frames [first, first+count), finished (at the context timestep)."""
       window = jax.lax.dynamic_slice_in_dim(x, first, count, axis=1)
       t = jnp.full((batch_size, count), context_timestep, jnp.int32)
-      _, kv = predict(window, t, first, cache)
-      return _write(cache, kv, first, count, tokens)
+      return predict(window, t, first, cache)[1]
 
     cache = None
     if plan.cache_slots:
       cache = _empty_cache(model, cache_batch, plan.cache_slots, model.dtype)
       # Prefill the context in chunks that never wrap the ring.
       for first in range(0, context_frames, plan.cache_slots):
-        cache = frame_pass(cache, x, first, min(plan.cache_slots, context_frames - first))
+        count = min(plan.cache_slots, context_frames - first)
+        cache = _write(cache, frame_kv(cache, x, first, count), first,
+                       first + jnp.arange(count, dtype=jnp.int32), tokens)
 
     def row(carry, inputs):
       x, cache = carry
       r, start, first_frame, t, alpha, alpha_prev, update, commit = inputs
       if cache is not None:
-        cache = jax.lax.cond(commit >= 0, lambda c: frame_pass(c, x, commit, 1),
-                             lambda c: c, cache)
+        # Rows without a commit write their slot's own contents back: the cond only reads
+        # the cache, so the write stays in place (a cond returning the cache copies it).
+        frame = jnp.maximum(commit, 0)
+        kv, ids = jax.lax.cond(commit >= 0, lambda: (frame_kv(cache, x, frame, 1), frame[None]),
+                               lambda: _read(cache, frame, tokens))
+        cache = _write(cache, kv, frame, ids, tokens)
       window = jax.lax.dynamic_slice_in_dim(x, start, plan.window, axis=1)
       t = jnp.broadcast_to(t, (batch_size, plan.window))
       x0, _ = predict(window, t, first_frame, cache)

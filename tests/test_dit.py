@@ -79,17 +79,29 @@ def test_official_variant_shows_the_documented_leak():
 
 
 @pytest.mark.parametrize("variant", ["official", "clean"])
-def test_scanned_layers_match_unrolled_layers(variant):
+def test_unrolled_matches_the_scanned_layers(variant):
   x, t = _inputs()
-  unrolled = _tiny(variant)
-  variables = _randomised(unrolled, x, t)
-  blocks = [variables["params"].pop(f"blocks_{i}") for i in range(unrolled.depth)]
-  scanned_params = dict(variables["params"], blocks=jax.tree.map(lambda *b: jnp.stack(b), *blocks))
-  scanned_vars = dict(variables, params=scanned_params)
-  unrolled_vars = dict(variables, params=dict(variables["params"],
-                                              **{f"blocks_{i}": b for i, b in enumerate(blocks)}))
-  np.testing.assert_allclose(_tiny(variant, scan_layers=True).apply(scanned_vars, x, t),
-                             unrolled.apply(unrolled_vars, x, t), rtol=1e-5, atol=1e-5)
+  scanned = _tiny(variant, scan_layers=True, remat=True)
+  variables = _randomised(scanned, x, t)
+  model, unrolled_vars = dit.unrolled(scanned, variables)
+  assert not model.scan_layers and not model.remat
+  # The split tree is exactly what an unrolled model initialises...
+  assert (jax.tree.structure(unrolled_vars)
+          == jax.tree.structure(_randomised(_tiny(variant), x, t)))
+  np.testing.assert_array_equal(unrolled_vars["params"]["blocks_1"]["attn"]["qkv"]["kernel"],
+                                variables["params"]["blocks"]["attn"]["qkv"]["kernel"][1])
+  # ...and computes the same function.
+  np.testing.assert_allclose(model.apply(unrolled_vars, x, t), scanned.apply(variables, x, t),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_the_kv_cache_asks_for_unrolled_layers():
+  x, t = _inputs()
+  scanned = _tiny("clean", scan_layers=True)
+  variables = _randomised(scanned, x, t)
+  empty = tuple(jnp.zeros((2, TOKENS, 2, 32)) for _ in range(scanned.depth))
+  with pytest.raises(ValueError, match=r"dit.unrolled\(model, variables\)"):
+    scanned.apply(variables, x, t, cache=dit.KVCache(empty, empty, jnp.zeros((1,), jnp.int32)))
 
 
 def test_zero_init_outputs_zero_and_every_param_has_logical_axes():

@@ -84,6 +84,17 @@ def test_cached_equals_full_with_context_and_guidance(s):
   assert np.abs(unguided[:, 2:] - cached[:, 2:]).max() > 1e-3
 
 
+@pytest.mark.parametrize("mode", sampling.MODES)
+def test_a_scanned_model_samples_like_its_unrolled_twin(mode):
+  """The sampler runs stacked ([depth, ...]) layer weights through `dit.unrolled`."""
+  scanned = _model(scan_layers=True, num_frames=5)
+  variables = _variables(scanned)
+  twin, twin_variables = dit.unrolled(scanned, variables)
+  _, out = _sample(scanned, variables, num_frames=5, s=2, mode=mode)
+  _, expected = _sample(twin, twin_variables, num_frames=5, s=2, mode=mode)
+  np.testing.assert_array_equal(out, expected)
+
+
 def test_stochastic_ddim_cached_equals_full():
   model = _model()
   variables = _variables(model)

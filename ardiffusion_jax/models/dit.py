@@ -49,11 +49,12 @@ EMPTY_SLOT = 2**30
 
 
 class KVCache(NamedTuple):
-  """Keys and values of earlier frames for every layer: keys and values are
-  [depth, B, slots·L, H, head_dim] (RoPE applied), `frames` [slots] the absolute frame
-  held by each slot (EMPTY_SLOT when none)."""
-  keys: jax.Array
-  values: jax.Array
+  """Keys and values of earlier frames: `keys` and `values` are tuples with one
+  [B, slots·L, H, head_dim] array per layer (RoPE applied; separate arrays, since slicing
+  a layer out of a stacked one copies it), `frames` [slots] the absolute frame held by
+  each slot (EMPTY_SLOT when none)."""
+  keys: tuple
+  values: tuple
   frames: jax.Array
 
 
@@ -185,7 +186,8 @@ class DiT(nn.Module):
 
     first_frame: the absolute index of x's first frame (positions and masks), an int or
       a traced scalar. cache: a `KVCache` of earlier frames; then the call returns
-      (prediction, (keys, values)) with this call's keys and values [depth, B, F·L, H, hd].
+      (prediction, (keys, values)) with this call's keys and values, one [B, F·L, H, hd]
+      array per layer in each tuple; the layers must be unrolled (`unrolled`).
     attention_window: a frame sees only itself and the attention_window - 1 frames
       before it (None: every earlier frame).
     """
@@ -196,6 +198,9 @@ class DiT(nn.Module):
     if cache is not None and not self.strictly_causal:
       raise ValueError("a KV cache needs a strictly causal DiT; this one has context tokens "
                        "that see every frame (context_sees_video=True)")
+    if cache is not None and self.scan_layers:
+      raise ValueError("a KV cache holds one array per layer; run the cache on unrolled "
+                       "layers: dit.unrolled(model, variables)")
 
     video = layers.dense(width, (None, "embed"), "x_embedder", dtype=self.dtype)(x)
     if self.position == "sincos_1d":
@@ -247,10 +252,10 @@ class DiT(nn.Module):
                         attention_chunks=math.gcd(self.attention_chunks, frames))
     if self.scan_layers:
       block = nn.remat(Block, prevent_cse=False) if self.remat else Block
-      h, kv = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=self.depth,
-                      metadata_params={nn.PARTITION_NAME: "layers"})(
-                          **block_kwargs, name="blocks")(h, cond, mask, positions, kv_cache)
+      h, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
+                     metadata_params={nn.PARTITION_NAME: "layers"})(
+                         **block_kwargs, name="blocks")(h, cond, mask, positions)
     else:
       block = nn.remat(Block) if self.remat else Block
       layer_kv = []
@@ -258,7 +263,7 @@ class DiT(nn.Module):
         layer_cache = None if kv_cache is None else (kv_cache[0][i], kv_cache[1][i])
         h, kv_i = block(**block_kwargs, name=f"blocks_{i}")(h, cond, mask, positions, layer_cache)
         layer_kv.append(kv_i)
-      kv = None if kv_cache is None else jax.tree.map(lambda *a: jnp.stack(a), *layer_kv)
+      kv = None if kv_cache is None else tuple(zip(*layer_kv))
 
     h = layers.layer_norm(h[:, self.context_tokens:]).reshape(batch, frames, tokens, width)
     if self.final_modulation:
@@ -268,6 +273,20 @@ class DiT(nn.Module):
     out = layers.dense(channels, ("embed", None), "final_layer", kernel_init=layers.zeros,
                        dtype=self.dtype)(h).astype(jnp.float32)
     return out if cache is None else (out, kv)
+
+
+def unrolled(model: DiT, variables):
+  """The same network with unrolled layers and no remat, and its variables to match
+  (the stacked `blocks` [depth, ...] split into `blocks_i`). For inference: a scanned
+  layer slices (copies) its weights out of the stack on every call, which dominates a
+  small-batch forward pass."""
+  if not model.scan_layers:
+    return model.clone(remat=False), variables
+  params = dict(variables["params"])
+  stacked = params.pop("blocks")
+  for i in range(model.depth):
+    params[f"blocks_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+  return model.clone(scan_layers=False, remat=False), {**variables, "params": params}
 
 
 def dit_from_config(dit_config) -> DiT:
