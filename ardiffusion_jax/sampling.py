@@ -186,7 +186,7 @@ def _empty_cache(model, batch: int, slots: int, dtype) -> KVCache:
 
 
 def _write(cache: KVCache, kv, first_frame, frame_ids, tokens: int) -> KVCache:
-  """Stores keys and values for the ring slots from that of `first_frame` (frame % slots;
+  """Stores keys and values in the ring slots that start at `first_frame`'s (frame % slots;
   the caller keeps a write from wrapping) and records `frame_ids` [count] as their frames."""
   slot = first_frame % cache.frames.shape[0]
   store = lambda old, new: jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype),
