@@ -48,7 +48,7 @@ def _run(config, devices, mesh_axes, steps=3):
                                        dict(data=2, fsdp=4, tensor=1),
                                        dict(data=2, fsdp=2, tensor=2)])
 def test_sharded_steps_match_one_device(mesh_axes):
-  config = _config(**{"train.batch_size": 8, "dit.num_classes": 3})
+  config = _config(**{"train.batch_size": 8, "dit.num_classes": 3, "dit.scan_layers": True})
   single, single_losses, _ = _run(config, jax.devices()[:1], dict(data=1, fsdp=1, tensor=1))
   sharded, sharded_losses, shardings = _run(config, jax.devices(), mesh_axes)
   np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
