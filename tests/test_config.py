@@ -23,6 +23,7 @@ def test_variants_load_and_validate(variant):
     (["diffusion.beta_schedule='quadratic'"], "diffusion.beta_schedule"),
     (["vae_train.pixel_loss='l3'"], "vae_train.pixel_loss"),
     (["vae.proxy_head=False"], "vae_train.proxy_weight"),  # a weight for a missing head
+    (["vae_train.proxy_weight=-1.0"], "vae_train.proxy_weight"),
     (["dit.attention_chunks=3"], "dit.attention_chunks"),
 ])
 def test_bad_fields_are_named(overrides, field):

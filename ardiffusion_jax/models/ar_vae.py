@@ -331,6 +331,8 @@ class ARVAE(nn.Module):
 
   def decode(self, latents):
     """latents [B, T, L, token_dim] (any norm) -> video [B, T, H, W, 3], unbounded."""
+    # The proxy head (if any) runs here too so that `init` creates its parameters; under
+    # jit its unused output is dropped.
     return self._decode(latents)[0]
 
   def _decode(self, latents):
