@@ -4,6 +4,8 @@ import grain
 import numpy as np
 import pytest
 
+from ardiffusion_jax.data import synthetic
+from ardiffusion_jax.data.pipeline import ClipSource
 from ardiffusion_jax.data.synthetic import BouncingShapes
 from ardiffusion_jax.errors import ConfigError
 
@@ -19,6 +21,22 @@ def test_deterministic_for_seed_and_index():
   _assert_examples_equal(source[3], BouncingShapes(num_videos=8, num_frames=6)[3])
   assert not np.array_equal(source[3]["video"], source[4]["video"])
   assert not np.array_equal(source[3]["video"], BouncingShapes(num_videos=8, num_frames=6, seed=1)[3]["video"])
+
+
+def test_a_clip_renders_exactly_those_frames_of_the_whole_video():
+  source = BouncingShapes(num_videos=4, num_frames=6)
+  clips = ClipSource(source, clip_frames=2, num_frames=6)
+  assert len(clips) == 4 * 5
+  for index in (0, 7, 19):
+    video_index, start = divmod(index, 5)
+    whole = source[video_index]
+    np.testing.assert_array_equal(clips[index]["video"], whole["video"][start:start + 2])
+    assert clips[index]["label"] == whole["label"]
+  edited = source[1]
+  edited["positions"][:] = 0  # a caller's edits must not reach the cached physics
+  cached = source[1]
+  synthetic._simulate_video.cache_clear()
+  _assert_examples_equal(cached, source[1])
 
 
 @pytest.mark.parametrize("resolution", [32, 100, 256])

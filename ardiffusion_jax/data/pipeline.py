@@ -53,7 +53,8 @@ class ClipSource:
 
   `videos[i]` must return a dict with a uint8 'video' [F, H, W, 3] (and optionally a
   'label'). With clip_frames = 1 this is every frame of the dataset, the VAE's frame
-  stage; with clip_frames = F, one clip per video.
+  stage; with clip_frames = F, one clip per video. A source with a
+  `clip(index, start, num_frames)` method (the synthetic one) is asked for just the clip.
   """
 
   def __init__(self, videos, clip_frames: int, num_frames: int):
@@ -67,6 +68,8 @@ class ClipSource:
 
   def __getitem__(self, index):
     video_index, start = divmod(int(index), self.starts)
+    if hasattr(self.videos, "clip"):
+      return self.videos.clip(video_index, start, self.clip_frames)
     example = self.videos[video_index]
     return {"video": example["video"][start:start + self.clip_frames],
             "label": np.int32(example.get("label", 0))}

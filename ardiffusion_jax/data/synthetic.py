@@ -8,6 +8,7 @@ grain can index, shuffle and shard it. Every example carries its ground truth, p
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -71,34 +72,55 @@ class BouncingShapes:
     return self.num_videos
 
   def __getitem__(self, index):
+    physics = self._physics(index)
+    pad = self.max_balls - len(physics["radii"])
+    return {
+        "video": render(physics["track"], physics["radii"], physics["colors"], self.resolution),
+        "label": physics["label"],
+        "index": np.int64(index),
+        "positions": np.pad(physics["track"], ((0, 0), (0, pad), (0, 0))).astype(np.float32),
+        "velocities": np.pad(physics["track_v"], ((0, 0), (0, pad), (0, 0))).astype(np.float32),
+        "radii": np.pad(physics["radii"], (0, pad)).astype(np.float32),
+        "colors": np.pad(physics["colors"], ((0, pad), (0, 0))),
+        "ball_mask": np.arange(self.max_balls) < len(physics["radii"]),
+        "ball_collisions": np.pad(physics["hits"], ((0, 0), (0, pad))),
+    }
+
+  def clip(self, index, start: int, num_frames: int):
+    """Frames [start, start + num_frames) of video `index` and its label, rendering only
+    those frames: the VAE's frame stage reads one frame of each video at a time."""
+    physics = self._physics(index)
+    track = physics["track"][start:start + num_frames]
+    return {"video": render(track, physics["radii"], physics["colors"], self.resolution),
+            "label": physics["label"]}
+
+  def _physics(self, index):
     index = int(index)
     if not 0 <= index < self.num_videos:
       raise IndexError(f"video index {index} out of range [0, {self.num_videos})")
-    rng = np.random.default_rng([self.seed, index])
-    num_balls = int(rng.integers(self.min_balls, self.max_balls + 1))
-    side = float(self.resolution)
-    radii = rng.uniform(*self.radius_range, size=num_balls) * side
-    colors = PALETTE[rng.choice(len(PALETTE), size=num_balls, replace=False)]
-    positions = _place_balls(rng, radii, side, self.collisions)
-    angles = rng.uniform(0, 2 * np.pi, size=num_balls)
-    speeds = rng.uniform(*self.speed_range, size=num_balls) * side
-    velocities = np.stack([np.cos(angles), np.sin(angles)], axis=1) * speeds[:, None]
-    track, track_v, hits = simulate(positions, velocities, radii, side, self.num_frames,
-                                    self.substeps, self.collisions)
-    video = render(track, radii, colors, self.resolution)
+    return _simulate_video(self, index)
 
-    pad = self.max_balls - num_balls
-    return {
-        "video": video,
-        "label": np.int32(num_balls - self.min_balls),
-        "index": np.int64(index),
-        "positions": np.pad(track, ((0, 0), (0, pad), (0, 0))).astype(np.float32),
-        "velocities": np.pad(track_v, ((0, 0), (0, pad), (0, 0))).astype(np.float32),
-        "radii": np.pad(radii, (0, pad)).astype(np.float32),
-        "colors": np.pad(colors, ((0, pad), (0, 0))),
-        "ball_mask": np.arange(self.max_balls) < num_balls,
-        "ball_collisions": np.pad(hits, ((0, 0), (0, pad))),
-    }
+
+# The simulation costs as much as rendering a whole video, and training reads each video
+# many times, one frame at a time; the cached result is a few KB.
+@functools.lru_cache(maxsize=1 << 14)
+def _simulate_video(source: BouncingShapes, index: int):
+  """The balls of video `index` of `source` and their trajectories (read-only arrays)."""
+  rng = np.random.default_rng([source.seed, index])
+  num_balls = int(rng.integers(source.min_balls, source.max_balls + 1))
+  side = float(source.resolution)
+  radii = rng.uniform(*source.radius_range, size=num_balls) * side
+  colors = PALETTE[rng.choice(len(PALETTE), size=num_balls, replace=False)]
+  positions = _place_balls(rng, radii, side, source.collisions)
+  angles = rng.uniform(0, 2 * np.pi, size=num_balls)
+  speeds = rng.uniform(*source.speed_range, size=num_balls) * side
+  velocities = np.stack([np.cos(angles), np.sin(angles)], axis=1) * speeds[:, None]
+  track, track_v, hits = simulate(positions, velocities, radii, side, source.num_frames,
+                                  source.substeps, source.collisions)
+  physics = {"track": track, "track_v": track_v, "hits": hits, "radii": radii, "colors": colors}
+  for array in physics.values():
+    array.flags.writeable = False
+  return {**physics, "label": np.int32(num_balls - source.min_balls)}
 
 
 def check_synthetic_fields(cfg, prefix: str = "data"):
