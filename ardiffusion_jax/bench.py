@@ -232,6 +232,37 @@ def bench_vae(argv):
   return _write(args.out, output)
 
 
+def _matmul_floor_seconds(params, rows: int) -> float:
+  """Seconds one frame's pass through the DiT spends at least in matmuls on this machine.
+
+  Every dense kernel of `params` (its fan-out is its bias's size) is read once, as in a
+  cached-mode row at s = S: the per-token ones in one dependent chain at `rows` rows, the
+  per-frame conditioning ones (timestep MLP, adaLN) at one row each, free to overlap it.
+  """
+  per_token, per_frame = [], []
+
+  def visit(tree, path):
+    if "kernel" in tree and "bias" in tree:
+      kernel = tree["kernel"].reshape(-1, tree["bias"].size)
+      (per_frame if "adaLN" in path or "t_embedder" in path else per_token).append(kernel)
+    for name, child in tree.items():
+      if isinstance(child, dict):
+        visit(child, f"{path}/{name}")
+
+  visit(params, "")
+
+  @jax.jit
+  def run(per_token, per_frame, x):
+    for kernel in per_token:  # each product waits for the one before
+      x = jax.numpy.tile(x, (1, -(-kernel.shape[0] // x.shape[1])))[:, :kernel.shape[0]] @ kernel
+    return x.sum() + sum((jax.numpy.ones((1, k.shape[0])) @ k).sum() for k in per_frame)
+
+  args = (per_token, per_frame, jax.numpy.ones((rows, 1)))
+  jax.block_until_ready(run(*args))
+  calls, seconds = _time_calls(lambda _: jax.block_until_ready(run(*args)), 1.0, 20)
+  return seconds / calls
+
+
 def bench_sampling(argv):
   """Wall time per video of the AD sampler, full and cached modes side by side."""
   import flax.linen as nn
@@ -286,10 +317,13 @@ def bench_sampling(argv):
           flush=True)
   by_setting = {(r["frames"], r["s"]): r for r in results}
   ratios = {}
+  # At s = S each row denoises one frame and reads every weight once for it.
+  floor = _matmul_floor_seconds(dit.unrolled(model, variables)[1]["params"], 32 * args.batch)
   if "cached" in args.modes:
     base, last = by_setting.get((args.frames, 0)), by_setting.get((args.frames, args.steps))
     if base and last:
       ratios["cached_sS_over_s0"] = last["cached_s"] / base["cached_s"]
+      ratios["matmul_floor_sS_over_s0"] = last["rows"] * floor / args.batch / base["cached_s"]
     short = by_setting.get((args.frames, args.long_s))
     long = by_setting[(args.long_frames, args.long_s)]
     if short and "cached_s" in long:
@@ -297,11 +331,13 @@ def bench_sampling(argv):
     if "cached_s" in long and "full_s" in long:
       ratios["cached_long_over_full_long"] = long["cached_s"] / long["full_s"]
   _print_table(["F", "s", "AD rows"] + [f"{m} s/video" for m in all_modes], rows)
+  print(f"matmul floor of a one-frame row: {1e3 * floor:.2f} ms for {args.batch} video(s)")
   for name, value in ratios.items():
     print(f"{name}: {value:.2f}")
   return _write(args.out, {
       "benchmark": "sampling", "size": args.size, "steps": args.steps, "batch": args.batch,
-      "results": results, "ratios": ratios, "backend": jax.default_backend(),
+      "matmul_floor_row_s": floor, "results": results, "ratios": ratios,
+      "backend": jax.default_backend(),
       "jax": jax.__version__})
 
 

@@ -48,6 +48,20 @@ def test_timesteps_benchmark_runs_and_writes_json(tmp_path):
   assert bench.main(["nonexistent"]) == 2
 
 
+def test_sampling_benchmark_times_both_modes_and_the_matmul_floor(tmp_path):
+  out = tmp_path / "sampling.json"
+  assert bench.main(["sampling", "--size", "tiny", "--steps", "4", "--frames", "4",
+                     "--s", "0,4", "--long-frames", "6", "--long-s", "1", "--repeats", "1",
+                     "--out", str(out)]) == 0
+  result = json.loads(out.read_text())
+  assert [(r["frames"], r["s"], r["rows"]) for r in result["results"]] == [
+      (4, 0, 4), (4, 4, 16), (6, 1, 9)]
+  assert all(r["full_s"] > 0 and r["cached_s"] > 0 for r in result["results"])
+  assert result["matmul_floor_row_s"] > 0
+  floor_ratio = 16 * result["matmul_floor_row_s"] / result["results"][0]["cached_s"]
+  assert result["ratios"]["matmul_floor_sS_over_s0"] == pytest.approx(floor_ratio)
+
+
 def test_plan_prints_and_writes_per_device_memory(tmp_path, capsys):
   out = tmp_path / "plan.json"
   assert cli.main(["plan", "--config", "configs/synthetic.py:smoke", "--devices", "8",
