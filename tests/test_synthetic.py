@@ -32,6 +32,8 @@ def test_a_clip_renders_exactly_those_frames_of_the_whole_video():
     whole = source[video_index]
     np.testing.assert_array_equal(clips[index]["video"], whole["video"][start:start + 2])
     assert clips[index]["label"] == whole["label"]
+  with pytest.raises(IndexError, match="not inside a 6-frame video"):
+    source.clip(0, 5, 2)
   edited = source[1]
   edited["positions"][:] = 0  # a caller's edits must not reach the cached physics
   cached = source[1]

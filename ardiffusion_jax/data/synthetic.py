@@ -89,6 +89,9 @@ class BouncingShapes:
   def clip(self, index, start: int, num_frames: int):
     """Frames [start, start + num_frames) of video `index` and its label, rendering only
     those frames: the VAE's frame stage reads one frame of each video at a time."""
+    if not (0 <= start and num_frames >= 1 and start + num_frames <= self.num_frames):
+      raise IndexError(f"frames [{start}, {start + num_frames}) are not inside a "
+                       f"{self.num_frames}-frame video")
     physics = self._physics(index)
     track = physics["track"][start:start + num_frames]
     return {"video": render(track, physics["radii"], physics["colors"], self.resolution),
