@@ -75,7 +75,9 @@ def get_config(arg=None):
       proxy_weight=0.0 if causal else 1.0,  # the proxy head's MSE (needs vae.proxy_head)
       disc_lr=2e-4,
       b1=0.9,
-      b2=0.999,
+      # The authors use 0.999; from scratch, 0.99 gave the tiny tokenizer 23.5 dB against
+      # 21.2 dB in the 10-minute bench (README, "Reconstruction quality").
+      b2=0.99,
       weight_decay=1e-4,
       grad_clip=1.0,
       disc_start=-1 if causal else (10 if smoke else 2000),  # -1: no discriminator
