@@ -34,6 +34,8 @@ def test_a_clip_renders_exactly_those_frames_of_the_whole_video():
     assert clips[index]["label"] == whole["label"]
   with pytest.raises(IndexError, match="not inside a 6-frame video"):
     source.clip(0, 5, 2)
+  as_lists = BouncingShapes(num_videos=4, num_frames=6, radius_range=[0.08, 0.16])
+  _assert_examples_equal(as_lists[2], source[2])
   edited = source[1]
   edited["positions"][:] = 0  # a caller's edits must not reach the cached physics
   cached = source[1]

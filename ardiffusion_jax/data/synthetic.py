@@ -52,6 +52,8 @@ class BouncingShapes:
   seed: int = 0
 
   def __post_init__(self):
+    for name in ("radius_range", "speed_range"):  # hashable: the physics cache keys on self
+      object.__setattr__(self, name, tuple(getattr(self, name)))
     check_synthetic_fields(self)
 
   @classmethod
@@ -59,9 +61,6 @@ class BouncingShapes:
     """Builds the source from a config's `data` section (fields as in this class)."""
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in data_config.items() if k in fields}
-    for name in ("radius_range", "speed_range"):
-      if name in kwargs:
-        kwargs[name] = tuple(kwargs[name])
     return cls(**{**kwargs, **changes})
 
   @property
