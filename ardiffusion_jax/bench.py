@@ -179,8 +179,6 @@ def bench_vae(argv):
   import jax.numpy as jnp
 
   from ardiffusion_jax import config as config_lib
-  from ardiffusion_jax.data.synthetic import BouncingShapes
-  from ardiffusion_jax.models import ar_vae
   from ardiffusion_jax.train import vae as train_vae
   from ardiffusion_jax.train.logging import read_metrics
 
@@ -204,21 +202,15 @@ def bench_vae(argv):
 
   result = train_vae.train(config, workdir, hooks=[stop_at_budget])
   train_seconds = time.perf_counter() - start
-  model = ar_vae.vae_from_config(config.vae)
-  params = jax.device_get(result.state.params)
-  held_out = BouncingShapes.from_config(config.data, seed=config.data.seed + 1000,
-                                        num_videos=args.held_out)
-  reconstruct = jax.jit(lambda video: model.apply({"params": params}, video)[0])
-  errors = []
-  for i in range(len(held_out)):
-    video = jnp.asarray(held_out[i]["video"][None], jnp.float32) / 255.0
-    errors.append(float(jnp.mean(jnp.square(jnp.clip(reconstruct(video), 0, 1) - video))))
-  psnr = float(-10 * np.log10(np.mean(errors)))
+  score = lambda params: train_vae.held_out_psnr(config, params, args.held_out)
+  psnr = score(train_vae.inference_params(result.state))  # the EMA, if kept
+  raw_psnr = score(result.state.params) if config.vae_train.ema_decay > 0 else psnr
   records = read_metrics(workdir)
   output = {
       "benchmark": "vae", "config": args.config, "steps": result.step,
       "train_minutes": train_seconds / 60, "s_per_step": train_seconds / max(result.step, 1),
-      "held_out_clips": len(held_out), "held_out_psnr_db": psnr,
+      "held_out_clips": args.held_out, "held_out_psnr_db": psnr, "held_out_psnr_raw_db": raw_psnr,
+      "ema_decay": config.vae_train.ema_decay,
       "train_psnr_db_last": records[-1]["psnr"] if records else None,
       "batch": config.vae_train.batch_size, "resolution": config.data.resolution,
       "backend": jax.default_backend(), "jax": jax.__version__,
@@ -226,7 +218,8 @@ def bench_vae(argv):
   _print_table(["metric", "value"], [
       ["training", f"{result.step} steps in {train_seconds / 60:.1f} min, batch "
                    f"{config.vae_train.batch_size} frames at {config.data.resolution}px"],
-      ["held-out PSNR", f"{psnr:.2f} dB over {len(held_out)} clips x {config.data.num_frames} frames"],
+      ["held-out PSNR", f"{psnr:.2f} dB over {args.held_out} clips x {config.data.num_frames} frames"],
+      ["  raw weights (no EMA)", f"{raw_psnr:.2f} dB"],
       ["target", ">= 25 dB"],
   ])
   return _write(args.out, output)

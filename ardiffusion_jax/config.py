@@ -81,8 +81,9 @@ def video_dataset_config(dataset: str, variant, *, num_classes: int = 0, vae_lr:
   if not smoke:
     config.vae.update(variant="official", size="paper", patch_size=16, channel_mult=(1, 1, 2, 2, 4),
                       proxy_head=False)
+    # The authors' recipe (spec §1.7): AdamW (0.9, 0.999), no EMA.
     config.vae_train.update(pixel_loss="l1", proxy_weight=0.0, disc_lr=vae_lr, batch_size=32,
-                            lr=vae_lr if variant == "vae" else 1e-6)
+                            lr=vae_lr if variant == "vae" else 1e-6, b2=0.999, ema_decay=0.0)
     if variant == "vae":
       config.vae_train.disc_start = disc_start
     # 16 clips per device on 8 devices, times the authors' accumulation.
@@ -266,6 +267,8 @@ def _validate_vae_train(train, data, vae, mesh_shape):
   _require(train.trainable != "temporal" or vae.temporal_causal, "vae_train.trainable",
            "'temporal' needs vae.temporal_causal = True (there are no temporal blocks)")
   _require(train.perceptual_weight >= 0, "vae_train.perceptual_weight", "must be >= 0")
+  ema_decay = train.get("ema_decay", 0.0)
+  _require(0 <= ema_decay < 1, "vae_train.ema_decay", f"must be in [0, 1) (0: no EMA), got {ema_decay}")
   _require(train.get("pixel_loss", "l1") in ("l1", "l2"), "vae_train.pixel_loss",
            f"expected 'l1' (the authors') or 'l2', got {train.get('pixel_loss')!r}")
   proxy_weight = train.get("proxy_weight", 0.0)

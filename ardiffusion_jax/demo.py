@@ -18,8 +18,6 @@ import jax
 import numpy as np
 import tqdm
 
-import jax.numpy as jnp
-
 from ardiffusion_jax import diffusion, generate, timesteps, viz
 from ardiffusion_jax import extract as extract_lib
 from ardiffusion_jax.data.synthetic import BouncingShapes
@@ -86,15 +84,9 @@ def schedule_pictures(config, workdir: pathlib.Path) -> dict:
 def vae_stage(config, workdir: pathlib.Path) -> dict:
   """Trains (or resumes) the tiny AR-VAE and scores held-out reconstructions."""
   result = train_vae.train(config, workdir / "vae")
-  _, model, params = generate.load_vae(workdir / "vae")
-  held_out = BouncingShapes.from_config(config.data, seed=config.data.seed + 1000,
-                                        num_videos=config.demo.real_clips)
-  reconstruct = jax.jit(lambda v: model.apply({"params": params}, v)[0])
-  errors = []
-  for i in tqdm.trange(len(held_out), desc="VAE held-out PSNR", unit="clip"):
-    video = jnp.asarray(held_out[i]["video"][None], jnp.float32) / 255.0
-    errors.append(float(jnp.mean(jnp.square(jnp.clip(reconstruct(video), 0, 1) - video))))
-  return {"steps": result.step, "held_out_psnr_db": round(float(-10 * np.log10(np.mean(errors))), 2)}
+  _, _, params = generate.load_vae(workdir / "vae")
+  psnr = train_vae.held_out_psnr(config, params, config.demo.real_clips, progress=True)
+  return {"steps": result.step, "held_out_psnr_db": round(psnr, 2)}
 
 
 def dit_stage(config, workdir: pathlib.Path) -> dict:

@@ -17,19 +17,21 @@ from ardiffusion_jax import diffusion, sampling, viz
 from ardiffusion_jax.data import video as video_lib
 from ardiffusion_jax.errors import CheckpointError, ConfigError, DataError
 from ardiffusion_jax.models import ar_vae, dit
+from ardiffusion_jax.train import vae as train_vae
 from ardiffusion_jax.train.checkpoint import Checkpointer, checkpoint_dir
 
 LATENTS_INFO = "latents_info.json"  # written by `ardiff extract` next to the shards
 
 
 def load_vae(vae_ckpt):
-  """(config, model, params) of the newest checkpoint of an AR-VAE run."""
+  """(config, model, params) of the newest checkpoint of an AR-VAE run (its EMA weights
+  when it kept an EMA)."""
   checkpointer = Checkpointer(checkpoint_dir(vae_ckpt), async_save=False)
   try:
     if checkpointer.latest_step() is None:
       raise CheckpointError(f"no AR-VAE checkpoint in {vae_ckpt}")
     config = checkpointer.restore_config()
-    params = checkpointer.restore_raw()["params"]
+    params = train_vae.inference_params(checkpointer.restore_raw())
   finally:
     checkpointer.close()
   return config, ar_vae.vae_from_config(config.vae), params

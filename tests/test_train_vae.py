@@ -10,6 +10,8 @@ import pytest
 
 from ardiffusion_jax import config as config_lib
 from ardiffusion_jax import extract as extract_lib
+from ardiffusion_jax import generate
+from ardiffusion_jax.convert import portable
 from ardiffusion_jax.data import latents as latents_lib
 from ardiffusion_jax.data.synthetic import BouncingShapes
 from ardiffusion_jax.models import ar_vae
@@ -53,7 +55,7 @@ def test_adversarial_stage_alternates_on_8_devices(tmp_path):
 def test_causal_stage_trains_only_the_temporal_blocks(tmp_path):
   stage2 = tmp_path / "stage2"
   train_vae.train(_config(**{"vae_train.steps": 2, "vae_train.disc_start": -1}), str(stage2))
-  before = Checkpointer(stage2 / "checkpoints").restore_raw()["params"]
+  before = train_vae.inference_params(Checkpointer(stage2 / "checkpoints").restore_raw())
   config = _config("vae_causal", **{
       "data.num_frames": 4, "data.resolution": 32, "vae.image_size": 32,
       "vae_train.clip_frames": 4, "vae_train.batch_size": 2, "vae_train.steps": 2,
@@ -72,8 +74,44 @@ def test_causal_stage_trains_only_the_temporal_blocks(tmp_path):
     node = before
     for key in path:
       node = node[key.key]
-    np.testing.assert_array_equal(last, node, err_msg=name)  # frozen at the stage-2 value
+    np.testing.assert_array_equal(last, node, err_msg=name)  # frozen at stage 2's EMA
   assert temporal_moved > 0
+
+
+def _assert_trees_equal(a, b):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def test_the_ema_follows_the_generator_and_is_what_decodes_and_exports(tmp_path):
+  config = _config(**{"vae_train.steps": 3, "vae_train.disc_start": 1, "vae_train.ema_decay": 0.5})
+  seen = {}
+  capture = lambda step, state, metrics, ckpt: seen.setdefault(
+      step, jax.device_get((state.params, state.ema_params)))
+  train_vae.train(config, str(tmp_path / "run"), hooks=[capture], devices=jax.devices()[:2])
+  (params_1, ema_1), (params_2, ema_2), (params_3, ema_3) = seen[1], seen[2], seen[3]
+  _assert_trees_equal(ema_2, ema_1)  # step 2 trains the discriminator only
+  _assert_trees_equal(params_2, params_1)
+  decay = min(0.5, (1 + 2) / (10 + 2))  # the warmup at state.step 2
+  for e3, e2, p3 in zip(jax.tree.leaves(ema_3), jax.tree.leaves(ema_2), jax.tree.leaves(params_3)):
+    np.testing.assert_allclose(e3, decay * e2 + (1 - decay) * p3, rtol=1e-6, atol=1e-7)
+  assert not np.array_equal(ema_3["decoder"]["decoder_embed"]["kernel"],
+                            params_3["decoder"]["decoder_embed"]["kernel"])
+
+  _assert_trees_equal(generate.load_vae(tmp_path / "run")[2], ema_3)  # extract, sample, demo
+  bundle = portable.export(tmp_path / "run", "safetensors", tmp_path / "portable")
+  assert (bundle.kind, bundle.weights) == ("vae", "ema")
+  np.testing.assert_array_equal(bundle.flat["params/decoder/decoder_embed/kernel"],
+                                ema_3["decoder"]["decoder_embed"]["kernel"])
+  portable.convert_portable(tmp_path / "portable", tmp_path / "back")
+  _assert_trees_equal(generate.load_vae(tmp_path / "back")[2], ema_3)
+
+  # ema_decay 0 (the authors' recipe): no EMA is kept, and the raw weights decode.
+  train_vae.train(_config(**{"vae_train.steps": 1, "vae_train.ema_decay": 0.0}),
+                  str(tmp_path / "no_ema"), devices=jax.devices()[:1])
+  restored = Checkpointer(tmp_path / "no_ema" / "checkpoints").restore_raw()
+  assert not restored.get("ema_params")
+  _assert_trees_equal(generate.load_vae(tmp_path / "no_ema")[2], restored["params"])
 
 
 def _save_vae_checkpoint(config, directory):

@@ -34,9 +34,18 @@ class Bundle:
   weights: str  # "ema" or "raw"
 
 
+def _kind(state) -> str:
+  """A VAE run holds its discriminator, a converted VAE only `params`; a DiT holds its
+  EMA or the official context tokens."""
+  if "disc_params" in state or not ({"ema_params", "constants"} & set(state)):
+    return "vae"
+  return "dit"
+
+
 def _variables(state, kind, use_ema):
-  if kind == "vae":
-    return {"params": state["params"]}, "raw"
+  if kind == "vae":  # the EMA when the run kept one (vae_train.ema_decay), else the raw weights
+    with_ema = use_ema and bool(state.get("ema_params"))
+    return {"params": state["ema_params" if with_ema else "params"]}, "ema" if with_ema else "raw"
   key = "ema_params" if use_ema else "params"
   if key not in state:
     raise CheckpointError(f"this DiT checkpoint holds no {key!r} (it holds {sorted(state)}); "
@@ -59,7 +68,7 @@ def export(ckpt, fmt: str, out, use_ema: bool = True) -> Bundle:
     state = checkpointer.restore_raw()
   finally:
     checkpointer.close()
-  kind = "dit" if ("ema_params" in state or "constants" in state) else "vae"
+  kind = _kind(state)
   variables, weights = _variables(state, kind, use_ema)
   flat = {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(variables, sep="/").items()}
   out = pathlib.Path(out)
@@ -103,9 +112,8 @@ def convert_portable(path, output) -> Bundle:
   """A portable folder -> our checkpoint layout (what `ardiff sample` reads)."""
   bundle = read_portable(path)
   variables = flax.traverse_util.unflatten_dict(bundle.flat, sep="/")
-  if bundle.kind == "vae":
-    state = {"params": variables["params"]}
-  else:
+  state = {"params": variables["params"]}  # what the VAE decodes with, whichever weights they are
+  if bundle.kind == "dit":
     state = {"ema_params" if bundle.weights == "ema" else "params": variables["params"]}
     if "constants" in variables:
       state["constants"] = variables["constants"]

@@ -8,6 +8,8 @@ even steps the generator, whose adversarial term is weighted by the ratio of gra
 norms at the decoder's last layer (spec §1.6-1.7).
 Stage 3 (`vae_causal`): the temporally causal decoder blocks are finetuned on clips,
 everything else frozen, starting from a stage-2 checkpoint.
+With `vae_train.ema_decay > 0` the state also keeps an EMA of the generator (the authors
+keep none), and everything that decodes or encodes afterwards uses it.
 """
 
 import functools
@@ -17,11 +19,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import tqdm
 from flax import struct
 
 from ardiffusion_jax import config as config_lib
 from ardiffusion_jax.data import datasets, pipeline
+from ardiffusion_jax.data.synthetic import BouncingShapes
 from ardiffusion_jax.errors import CheckpointError
 from ardiffusion_jax.models import ar_vae, discriminator, lpips
 from ardiffusion_jax.train import loop, sharding
@@ -34,11 +39,19 @@ LAST_LAYER = ("pixel_decoder", "conv_out", "kernel")
 class VAEState(struct.PyTreeNode):
   step: jax.Array
   params: Any
+  ema_params: Any  # {} when vae_train.ema_decay is 0
   opt_state: Any
   disc_params: Any
   disc_batch_stats: Any
   disc_opt_state: Any
   rng: jax.Array
+
+
+def inference_params(state):
+  """The generator weights to encode and decode with: the EMA when the run keeps one.
+  `state` is a VAEState or a restored checkpoint dict."""
+  get = state.get if isinstance(state, dict) else lambda key: getattr(state, key, None)
+  return get("ema_params") or get("params")
 
 
 def trainable_mask(params, trainable: str):
@@ -97,6 +110,7 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
 
   squared = train_config.get("pixel_loss", "l1") == "l2"
   proxy_weight = train_config.get("proxy_weight", 0.0)
+  max_ema_decay = train_config.get("ema_decay", 0.0)
 
   def nll_of(video, recon):
     l1 = jnp.mean(jnp.abs(video - recon))
@@ -138,8 +152,12 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
       grads = jax.tree.map(lambda a, b: a + weight * b, grads, gan_grads)
       metrics.update(g_loss=g_loss, d_weight=weight)
     updates, opt_state = g_tx.update(grads, state.opt_state, state.params)
-    return state.replace(params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state), metrics
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if max_ema_decay > 0:  # the discriminator's steps leave the generator, and its EMA, alone
+      ema_params = state_lib.update_ema(ema_params, params,
+                                        state_lib.ema_decay(state.step, max_ema_decay))
+    return state.replace(params=params, ema_params=ema_params, opt_state=opt_state), metrics
 
   def discriminator_step(state, video, key):
     recon = jax.lax.stop_gradient(reconstruct(state.params, video, key)[0])
@@ -195,12 +213,14 @@ def vae_state_init(model, disc_model, g_tx, d_tx, config):
   frames = train_config.clip_frames
   size = model.image_size
   video = jnp.zeros((1, frames, size, size, 3), jnp.float32)
+  with_ema = train_config.ema_decay > 0
 
   def init(key):
     key_g, key_d, key_train = jax.random.split(key, 3)
     params = nn.meta.unbox(model.init(key_g, video))["params"]
     disc_vars = nn.meta.unbox(disc_model.init(key_d, video[:, 0]))
-    return VAEState(step=jnp.zeros((), jnp.int32), params=params, opt_state=g_tx.init(params),
+    return VAEState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=params if with_ema else {}, opt_state=g_tx.init(params),
                     disc_params=disc_vars["params"], disc_batch_stats=disc_vars["batch_stats"],
                     disc_opt_state=d_tx.init(disc_vars["params"]),
                     rng=jax.random.key_data(key_train))
@@ -212,7 +232,7 @@ def vae_state_init(model, disc_model, g_tx, d_tx, config):
     d = sharding.logical_shardings(boxed_d, mesh)
     replicated = sharding.replicated(mesh)
     return VAEState(
-        step=replicated, params=g,
+        step=replicated, params=g, ema_params=g if with_ema else {},
         opt_state=state_lib.optimizer_shardings(g_tx, nn.meta.unbox(boxed_g)["params"], g, mesh),
         disc_params=d["params"], disc_batch_stats=d["batch_stats"],
         disc_opt_state=state_lib.optimizer_shardings(d_tx, nn.meta.unbox(boxed_d)["params"],
@@ -229,12 +249,13 @@ def video_source(config):
 
 
 def _warm_start(state, init_from):
-  """Copies generator params from another run's newest checkpoint (stage 3 from stage 2);
-  parameters missing there (the temporal blocks) keep their fresh initialisation."""
+  """Copies generator params (its EMA, if it kept one) from another run's newest
+  checkpoint (stage 3 from stage 2); parameters missing there (the temporal blocks) keep
+  their fresh initialisation. This run's EMA, if any, starts from the same weights."""
   checkpointer = Checkpointer(checkpoint_dir(init_from), async_save=False)
   if checkpointer.latest_step() is None:
     raise CheckpointError(f"vae_train.init_from={init_from!r} holds no checkpoint")
-  source = checkpointer.restore_raw()["params"]
+  source = inference_params(checkpointer.restore_raw())
   checkpointer.close()
 
   def pick(path, fresh):
@@ -249,7 +270,23 @@ def _warm_start(state, init_from):
                             f"{init_from}, model expects {tuple(fresh.shape)}")
     return jax.device_put(jnp.asarray(node, fresh.dtype), fresh.sharding)
 
-  return state.replace(params=jax.tree_util.tree_map_with_path(pick, state.params))
+  params = jax.tree_util.tree_map_with_path(pick, state.params)
+  ema_params = jax.tree.map(jnp.copy, params) if state.ema_params else {}  # own buffers: the step donates both
+  return state.replace(params=params, ema_params=ema_params)
+
+
+def held_out_psnr(config, params, num_videos: int, progress: bool = False) -> float:
+  """PSNR (dB) of the mean-latent reconstruction of synthetic clips the run never saw
+  (the dataset's seed + 1000), pooled over every frame."""
+  model = ar_vae.vae_from_config(config.vae)
+  held_out = BouncingShapes.from_config(config.data, seed=config.data.seed + 1000,
+                                        num_videos=num_videos)
+  reconstruct = jax.jit(lambda video: model.apply({"params": params}, video)[0])
+  errors = []
+  for i in tqdm.trange(num_videos, desc="VAE held-out PSNR", unit="clip", disable=not progress):
+    video = jnp.asarray(held_out[i]["video"][None], jnp.float32) / 255.0
+    errors.append(float(jnp.mean(jnp.square(jnp.clip(reconstruct(video), 0, 1) - video))))
+  return float(-10 * np.log10(np.mean(errors)))
 
 
 def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResult:
