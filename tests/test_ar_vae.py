@@ -143,3 +143,27 @@ def test_bad_geometry_raises():
     _tiny(image_size=60).init(jax.random.key(0), jnp.zeros((1, 1, 60, 60, 3)))
   with pytest.raises(ValueError, match="channel_mult"):
     _tiny(channel_mult=(1, 2)).init(jax.random.key(0), jnp.zeros((1, 1, 64, 64, 3)))
+
+
+def test_group_norm_matches_flax_in_values_and_gradients():
+  x = 2.0 * jax.random.normal(jax.random.key(0), (3, 8, 8, 16)) + 1.0
+  params = {"scale": jax.random.normal(jax.random.key(1), (16,)),
+            "bias": jax.random.normal(jax.random.key(2), (16,))}
+  ours = lambda p, x: layers.GroupNorm(4).apply({"params": p}, x)
+  theirs = lambda p, x: nn.GroupNorm(4, epsilon=1e-6).apply({"params": p}, x)
+  assert jax.tree.map(jnp.shape, layers.GroupNorm(4).init(jax.random.key(0), x)["params"]) == \
+      jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(ours(params, x), theirs(params, x), atol=2e-5)
+  loss = lambda norm: lambda p, x: jnp.sum(jnp.sin(norm(p, x)))
+  for got, want in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
+                       jax.tree.leaves(jax.grad(loss(theirs), argnums=(0, 1))(params, x))):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert ours(params, x.astype(jnp.bfloat16)).dtype == jnp.float32  # flax's promotion
+  with pytest.raises(ValueError, match="groups"):
+    layers.GroupNorm(5).init(jax.random.key(0), x)
+
+
+def test_upsampling_repeats_each_pixel_like_nearest_resize():
+  images = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+  np.testing.assert_array_equal(ar_vae.upsample_nearest_2x(images),
+                                jax.image.resize(images, (2, 6, 10, 4), "nearest"))

@@ -82,3 +82,4 @@ def test_vae_benchmark_trains_for_its_budget_and_scores_held_out_clips(tmp_path)
   result = json.loads(out.read_text())
   assert result["steps"] == 1  # a zero budget stops after the first step, with a save
   assert 0 < result["held_out_psnr_db"] < 60
+  assert result["ema_decay"] > 0 and 0 < result["held_out_psnr_raw_db"] < 60  # both weights scored

@@ -179,13 +179,21 @@ class PixelResBlock(nn.Module):
   def __call__(self, x):
     conv = lambda name, k: nn.Conv(self.features, (k, k), padding="SAME", use_bias=False,
                                    dtype=self.dtype, name=name)
-    h = conv("conv1", 3)(nn.silu(nn.GroupNorm(self.groups, epsilon=1e-6, name="norm1")(x)))
-    h = conv("conv2", 3)(nn.silu(nn.GroupNorm(self.groups, epsilon=1e-6, name="norm2")(h)))
+    h = conv("conv1", 3)(nn.silu(layers.GroupNorm(self.groups, name="norm1")(x)))
+    h = conv("conv2", 3)(nn.silu(layers.GroupNorm(self.groups, name="norm2")(h)))
     if x.shape[-1] == self.features:
       return x + h
     if self.nin_shortcut_quirk:  # the authors' code: out = h + nin(h), input dropped
       return h + conv("nin_shortcut", 1)(h)
     return conv("nin_shortcut", 1)(x) + h
+
+
+def upsample_nearest_2x(images):
+  """[N, H, W, C] -> [N, 2H, 2W, C], each pixel repeated (PyTorch's nearest, scale 2).
+  A broadcast, not `jax.image.resize`, whose gradient is a slow scatter on XLA CPU."""
+  n, height, width, c = images.shape
+  doubled = jnp.broadcast_to(images[:, :, None, :, None], (n, height, 2, width, 2, c))
+  return doubled.reshape(n, 2 * height, 2 * width, c)
 
 
 class PixelDecoder(nn.Module):
@@ -212,10 +220,8 @@ class PixelDecoder(nn.Module):
       for i in range(self.num_res_blocks):
         h = block(features, f"up_{level}_block_{i}")(h)
       if level > 0:
-        n, height, width, c = h.shape
-        h = jax.image.resize(h, (n, height * 2, width * 2, c), "nearest")
-        h = conv(features, f"up_{level}_upsample_conv")(h)
-    h = nn.silu(nn.GroupNorm(self.groups, epsilon=1e-6, name="norm_out")(h))
+        h = conv(features, f"up_{level}_upsample_conv")(upsample_nearest_2x(h))
+    h = nn.silu(layers.GroupNorm(self.groups, name="norm_out")(h))
     return conv(3, "conv_out")(h)
 
 

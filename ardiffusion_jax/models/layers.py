@@ -85,6 +85,37 @@ def layer_norm(x, eps: float = 1e-6):
   return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
+class GroupNorm(nn.Module):
+  """GroupNorm over the last axis of [N, ..., C], with flax's parameters (`scale`, `bias`)
+  and numerics (float32 statistics, var = E[x²] - E[x]²).
+
+  The statistics are taken per channel over the pixels first, then averaged per group:
+  on XLA CPU that runs forward about 6x, and with its gradient about 2x, faster than
+  flax's reduction over a [N, H, W, G, C/G] view (README, AR-VAE).
+  """
+  num_groups: int
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    n, channels = x.shape[0], x.shape[-1]
+    if channels % self.num_groups:
+      raise ValueError(f"{channels} channels do not split into {self.num_groups} groups")
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    pixels = x.astype(jnp.float32).reshape(n, -1, channels)
+    per_group = channels // self.num_groups
+
+    def group_mean(per_channel):  # [N, C] -> [N, 1, ..., C], each channel its group's mean
+      means = per_channel.reshape(n, self.num_groups, per_group).mean(-1)
+      return jnp.repeat(means, per_group, axis=-1).reshape((n,) + (1,) * (x.ndim - 2) + (channels,))
+
+    mean = group_mean(pixels.mean(1))
+    var = jnp.maximum(group_mean(jnp.square(pixels).mean(1)) - jnp.square(mean), 0.0)
+    multiplier = jax.lax.rsqrt(var + self.epsilon) * scale
+    return (x * multiplier + (bias - mean * multiplier)).astype(jnp.result_type(x, scale))
+
+
 def l2_normalize(z, eps: float = 1e-12):
   """Per-token L2 normalisation over the last axis (PyTorch F.normalize, eps 1e-12)."""
   norm = jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True))
