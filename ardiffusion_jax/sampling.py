@@ -234,7 +234,7 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
                         plan.attention_window)
     cache_batch = batch_size * (2 if cfg_scale != 1.0 else 1)
     key_init, key_noise = jax.random.split(key)
-    x = jax.random.normal(key_init, (batch_size, num_frames, tokens, channels), jnp.float32)
+    x = layers.normal(key_init, (batch_size, num_frames, tokens, channels), jnp.float32)
     if context_frames:
       x = x.at[:, :context_frames].set(context.astype(jnp.float32))
 
@@ -269,7 +269,7 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
       per_frame = lambda a: a[None, :, None, None]
       noise = None
       if eta > 0:
-        noise = jax.random.normal(jax.random.fold_in(key_noise, r), x.shape, x.dtype)
+        noise = layers.normal(jax.random.fold_in(key_noise, r), x.shape, x.dtype)
         noise = jax.lax.dynamic_slice_in_dim(noise, start, plan.window, axis=1)
       moved = diffusion.ddim_update(window, x0, per_frame(alpha), per_frame(alpha_prev), eta,
                                     noise)

@@ -163,6 +163,26 @@ def test_group_norm_matches_flax_in_values_and_gradients():
     layers.GroupNorm(5).init(jax.random.key(0), x)
 
 
+def test_flat_draws_give_the_full_shape_values():
+  # Flat draws only compile faster: every parameter and noise draw keeps its values.
+  key = jax.random.key(3)
+  qkv = (64, 3, 2, 32)  # a fused [D, 3, H, hd] kernel: Xavier over its true fans
+  np.testing.assert_array_equal(
+      layers.drawn_as_matrix(layers.xavier, num_out_axes=3)(key, qkv),
+      nn.initializers.xavier_uniform(in_axis=(0,), out_axis=(1, 2, 3))(key, qkv))
+  np.testing.assert_array_equal(layers.conv_init(key, (3, 3, 16, 8)),
+                                nn.initializers.lecun_normal()(key, (3, 3, 16, 8)))
+  normal = nn.initializers.normal(0.02)
+  np.testing.assert_array_equal(layers.drawn_as_matrix(normal)(key, (4, 4, 3, 8)),
+                                normal(key, (4, 4, 3, 8)))
+  np.testing.assert_array_equal(layers.normal(key, (2, 3, 4, 5), jnp.bfloat16),
+                                jax.random.normal(key, (2, 3, 4, 5), jnp.bfloat16))
+  linear = layers.dense((3, 2, 32), ("embed", None, "heads", "kv"), "qkv")
+  kernel = nn.meta.unbox(linear.init(key, jnp.zeros((1, 64))))["params"]["kernel"]
+  bound = np.sqrt(6 / (64 + 3 * 2 * 32))  # Xavier-uniform's limit over the true fans
+  assert kernel.shape == qkv and 0.9 * bound < float(jnp.max(jnp.abs(kernel))) <= bound
+
+
 def test_upsampling_repeats_each_pixel_like_nearest_resize():
   images = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
   np.testing.assert_array_equal(ar_vae.upsample_nearest_2x(images),

@@ -144,7 +144,8 @@ class Encoder(nn.Module):
     n = images.shape[0]
     patches = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
                       padding="VALID", dtype=self.dtype, name="patch_embed",
-                      kernel_init=layers.param_with_axes(LINEAR_INIT, (None, None, None, "embed")),
+                      kernel_init=layers.param_with_axes(layers.drawn_as_matrix(LINEAR_INIT),
+                                                         (None, None, None, "embed")),
                       bias_init=layers.param_with_axes(nn.initializers.zeros, ("embed",)))(images)
     grid = patches.shape[1] * patches.shape[2]
     x = patches.reshape(n, grid, self.width)  # row-major: token = h * grid_w + w
@@ -178,7 +179,7 @@ class PixelResBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     conv = lambda name, k: nn.Conv(self.features, (k, k), padding="SAME", use_bias=False,
-                                   dtype=self.dtype, name=name)
+                                   kernel_init=layers.conv_init, dtype=self.dtype, name=name)
     h = conv("conv1", 3)(nn.silu(layers.GroupNorm(self.groups, name="norm1")(x)))
     h = conv("conv2", 3)(nn.silu(layers.GroupNorm(self.groups, name="norm2")(h)))
     if x.shape[-1] == self.features:
@@ -208,7 +209,8 @@ class PixelDecoder(nn.Module):
   @nn.compact
   def __call__(self, z):
     conv = lambda features, name, bias=True: nn.Conv(features, (3, 3), padding="SAME",
-                                                     use_bias=bias, dtype=self.dtype, name=name)
+                                                     use_bias=bias, kernel_init=layers.conv_init,
+                                                     dtype=self.dtype, name=name)
     block = lambda features, name: PixelResBlock(features, self.groups, self.nin_shortcut_quirk,
                                                  dtype=self.dtype, name=name)
     top = self.hidden * self.channel_mult[-1]
@@ -361,7 +363,7 @@ class ARVAE(nn.Module):
     mean, logvar = self.encode(video)
     z = mean
     if sample_posterior:
-      z = layers.l2_normalize(mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape))
+      z = layers.l2_normalize(mean + jnp.exp(0.5 * logvar) * layers.normal(rng, mean.shape))
     return z, mean, logvar
 
   def __call__(self, video, sample_posterior: bool = False, rng=None):

@@ -19,7 +19,8 @@ class PatchDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = True):
-    init = layers.param_with_axes(nn.initializers.normal(0.02), (None, None, None, "embed"))
+    init = layers.param_with_axes(layers.drawn_as_matrix(nn.initializers.normal(0.02)),
+                                  (None, None, None, "embed"))
     conv = lambda features, stride, name, bias: nn.Conv(
         features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=bias,
         kernel_init=init, dtype=self.dtype, name=name)

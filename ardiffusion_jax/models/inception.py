@@ -10,6 +10,8 @@ Input: NHWC in [-1, 1] at 299×299; output: the 2048-d pool3 features.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ardiffusion_jax.models import layers
+
 
 class BasicConv(nn.Module):
   features: int
@@ -21,7 +23,7 @@ class BasicConv(nn.Module):
   def __call__(self, x):
     pad = tuple((p, p) for p in self.padding)
     x = nn.Conv(self.features, self.kernel, strides=self.strides, padding=pad, use_bias=False,
-                name="conv")(x)
+                kernel_init=layers.conv_init, name="conv")(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
     return nn.relu(x)
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ardiffusion_jax.errors import CheckpointError
+from ardiffusion_jax.models import layers
 
 # torchvision vgg16.features: conv layer indices, and the ReLU after which LPIPS taps.
 VGG_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -34,7 +35,8 @@ class LPIPS(nn.Module):
   def features(self, x):
     taps = []
     for index, channels in zip(VGG_CONVS, VGG_CHANNELS):
-      x = nn.relu(nn.Conv(channels, (3, 3), padding="SAME", name=f"conv_{index}")(x))
+      x = nn.relu(nn.Conv(channels, (3, 3), padding="SAME", kernel_init=layers.conv_init,
+                              name=f"conv_{index}")(x))
       if index in TAP_AFTER:
         taps.append(x)
       if index in POOL_AFTER:

@@ -9,12 +9,15 @@ padding throughout. Input: NTHWC, 112×112 frames minus the per-channel Kinetics
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ardiffusion_jax.models import layers
+
 LAYERS = (3, 4, 6, 3)
 
 
 def _conv(features, kernel, strides, padding, name):
   pad = tuple((p, p) for p in padding)
-  return nn.Conv(features, kernel, strides=strides, padding=pad, use_bias=False, name=name)
+  return nn.Conv(features, kernel, strides=strides, padding=pad, use_bias=False,
+                 kernel_init=layers.conv_init, name=name)
 
 
 def _bn(name):

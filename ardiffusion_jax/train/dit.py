@@ -32,7 +32,7 @@ def draw_noise(key, batch, diffusion_config):
   return {
       "t": timesteps.sample_timesteps(key_t, diffusion_config.timestep_scheme, latents.shape[0],
                                       latents.shape[1], diffusion_config.num_timesteps),
-      "noise": jax.random.normal(key_noise, latents.shape, latents.dtype),
+      "noise": layers.normal(key_noise, latents.shape, latents.dtype),
       "drop": jax.random.uniform(key_drop, latents.shape[:1]),
   }
 
