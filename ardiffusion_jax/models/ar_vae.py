@@ -179,8 +179,8 @@ class PixelResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda name, k: nn.Conv(self.features, (k, k), padding="SAME", use_bias=False,
-                                   kernel_init=layers.conv_init, dtype=self.dtype, name=name)
+    conv = lambda name, k: layers.Conv(self.features, (k, k), padding="SAME", use_bias=False,
+                                       dtype=self.dtype, name=name)
     h = conv("conv1", 3)(nn.silu(layers.GroupNorm(self.groups, name="norm1")(x)))
     h = conv("conv2", 3)(nn.silu(layers.GroupNorm(self.groups, name="norm2")(h)))
     if x.shape[-1] == self.features:
@@ -209,9 +209,8 @@ class PixelDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z):
-    conv = lambda features, name, bias=True: nn.Conv(features, (3, 3), padding="SAME",
-                                                     use_bias=bias, kernel_init=layers.conv_init,
-                                                     dtype=self.dtype, name=name)
+    conv = lambda features, name, bias=True: layers.Conv(features, (3, 3), padding="SAME",
+                                                         use_bias=bias, dtype=self.dtype, name=name)
     block = lambda features, name: PixelResBlock(features, self.groups, self.nin_shortcut_quirk,
                                                  dtype=self.dtype, name=name)
     top = self.hidden * self.channel_mult[-1]

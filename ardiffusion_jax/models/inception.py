@@ -22,8 +22,8 @@ class BasicConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     pad = tuple((p, p) for p in self.padding)
-    x = nn.Conv(self.features, self.kernel, strides=self.strides, padding=pad, use_bias=False,
-                kernel_init=layers.conv_init, name="conv")(x)
+    x = layers.Conv(self.features, self.kernel, strides=self.strides, padding=pad,
+                    use_bias=False, name="conv")(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
     return nn.relu(x)
 

@@ -4,6 +4,7 @@ Every parameter carries logical axis names (see `train/sharding.py` for how they
 onto the mesh); activations are constrained with the `act_*` names.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -42,6 +43,7 @@ def drawn_as_matrix(init, num_out_axes=1):
 
 
 conv_init = drawn_as_matrix(nn.initializers.lecun_normal())  # flax's nn.Conv default
+Conv = functools.partial(nn.Conv, kernel_init=conv_init)  # nn.Conv, its kernel drawn flat
 
 
 def constrain(x, axes):

@@ -35,8 +35,7 @@ class LPIPS(nn.Module):
   def features(self, x):
     taps = []
     for index, channels in zip(VGG_CONVS, VGG_CHANNELS):
-      x = nn.relu(nn.Conv(channels, (3, 3), padding="SAME", kernel_init=layers.conv_init,
-                              name=f"conv_{index}")(x))
+      x = nn.relu(layers.Conv(channels, (3, 3), padding="SAME", name=f"conv_{index}")(x))
       if index in TAP_AFTER:
         taps.append(x)
       if index in POOL_AFTER:

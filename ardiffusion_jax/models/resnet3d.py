@@ -16,8 +16,7 @@ LAYERS = (3, 4, 6, 3)
 
 def _conv(features, kernel, strides, padding, name):
   pad = tuple((p, p) for p in padding)
-  return nn.Conv(features, kernel, strides=strides, padding=pad, use_bias=False,
-                 kernel_init=layers.conv_init, name=name)
+  return layers.Conv(features, kernel, strides=strides, padding=pad, use_bias=False, name=name)
 
 
 def _bn(name):
