@@ -187,3 +187,36 @@ def test_upsampling_repeats_each_pixel_like_nearest_resize():
   images = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
   np.testing.assert_array_equal(ar_vae.upsample_nearest_2x(images),
                                 jax.image.resize(images, (2, 6, 10, 4), "nearest"))
+
+
+def test_spatial_init_starts_with_local_attention():
+  points = np.array([[0, 0], [0, 1], [1, 1], [6, 7]], float)
+  codes = ar_vae.fourier_codes(points, 64, lengthscale=1.0)
+  np.testing.assert_allclose(np.linalg.norm(codes, axis=1), 1.0, rtol=1e-5)
+  similarity = codes @ codes.T  # ≈ exp(-d² / 2): 0.61 at distance 1, ~0 at 9.2
+  np.testing.assert_allclose([similarity[0, 1], similarity[1, 2]], np.exp(-0.5), atol=0.1)
+  assert abs(similarity[0, 3]) < 0.15
+
+  def spread(spatial):
+    """How far the largest response to a local change stands above the median one."""
+    model = _tiny(spatial_init=spatial)
+    video = jax.random.uniform(jax.random.key(3), (1, 1, 64, 64, 3))
+    variables = nn.meta.unbox(model.init(jax.random.key(0), video))
+    encode = lambda v: model.apply(variables, v, method=ar_vae.ARVAE.encode)[0][0, 0]
+    # Brightening the top-left patch moves the latent token whose region holds it.
+    per_token = jnp.linalg.norm(encode(video.at[:, :, :8, :8].set(1.0)) - encode(video), axis=-1)
+    features = lambda z: model.apply(
+        variables, z, method=ar_vae.ARVAE.decode,
+        capture_intermediates=lambda mdl, name: mdl.name == "ln_post" and name == "__call__",
+    )[1]["intermediates"]["decoder"]["ln_post"]["__call__"][0][0]
+    z = jax.random.normal(jax.random.key(5), (1, 1, 32, 4))
+    # Flipping latent token 0 (the top-left region) moves the decoder's top-left patches.
+    per_patch = jnp.linalg.norm(features(z.at[:, :, 0].multiply(-1)) - features(z), axis=-1)
+    ratio = lambda d: float(d.max() / jnp.median(d))
+    return int(per_token.argmax()), ratio(per_token), int(per_patch.argmax()), ratio(per_patch)
+
+  token, token_ratio, patch, patch_ratio = spread(True)
+  assert token == 0 and token_ratio > 10
+  assert patch in (0, 8) and patch_ratio > 10  # patch rows 0-1 of column 0
+  _, token_ratio, _, patch_ratio = spread(False)  # TiTok's init: no such locality
+  assert token_ratio < 3 and patch_ratio < 3

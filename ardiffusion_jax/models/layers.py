@@ -206,13 +206,14 @@ class Attention(nn.Module):
   causal_chunks: int = 1
   prefix: int = 0
   proj_init: Any = None  # None: Xavier-uniform
+  qkv_init: Any = None  # for the kernel as a matrix [D, 3·H·hd]; None: Xavier-uniform
 
   @nn.compact
   def __call__(self, x, mask=None, positions=None, kv_cache=None):
     width = x.shape[-1]
     head_dim = width // self.num_heads
     qkv = dense((3, self.num_heads, head_dim), ("embed", None, "heads", "kv"), "qkv",
-                dtype=self.dtype)(x)
+                kernel_init=self.qkv_init, dtype=self.dtype)(x)
     q, k, v = (qkv[:, :, i] for i in range(3))
     q = constrain(q, ("act_batch", "act_length", "act_heads", None))
     if self.use_rope:
