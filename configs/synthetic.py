@@ -57,7 +57,7 @@ def get_config(arg=None):
       # it the tokenizer trained from scratch stays at the mean image.
       proxy_head=True,
       # Attention starts local (README, "Spatial initialisation"): trained from scratch,
-      # the tokenizer leaves the mean image after ~100 steps instead of ~450.
+      # the tokenizer leaves the mean image after ~150 steps instead of ~450.
       spatial_init=True,
       num_latent_tokens=32,
       token_dim=4,
