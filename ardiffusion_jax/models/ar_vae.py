@@ -81,7 +81,8 @@ def _embedding(module, name, shape, axes, codes=None):
 # positions of patch tokens and latent tokens start as 2-D Fourier codes whose dot products
 # fall off with distance, and every ViT block's query and key projections start equal, so
 # attention starts local: each latent token reads the patches of its own region, each patch
-# of the decoder the latent tokens near it. Scale and length in patches, from screens.
+# of the decoder the latent tokens near it. The scale and the kernel's length (in patches)
+# come from screens.
 SPATIAL_CODE_SCALE = 2.0
 SPATIAL_CODE_LENGTH = 1.0
 
