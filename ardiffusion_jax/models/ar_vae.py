@@ -114,6 +114,14 @@ def spatial_position_codes(grid, num_latent_tokens, width):
   return code(patches), code(latents)
 
 
+def _initial_position_codes(vit, grid):
+  """What the encoder's or decoder's position embeddings start as: the spatial codes
+  while `vit.spatial_init` creates them, else (None, None), their usual draw."""
+  if vit.spatial_init and vit.is_initializing():
+    return spatial_position_codes(grid, vit.num_latent_tokens, vit.width)
+  return None, None
+
+
 def matched_qk_init(key, shape, dtype=jnp.float32):
   """The fused qkv kernel as a matrix [D, 3·H·hd]: the query and key projections both
   start as the selection of the first H·hd input features (head h the h-th block), so
@@ -210,9 +218,7 @@ class Encoder(nn.Module):
                       bias_init=layers.param_with_axes(nn.initializers.zeros, ("embed",)))(images)
     grid = patches.shape[1] * patches.shape[2]
     x = patches.reshape(n, grid, self.width)  # row-major: token = h * grid_w + w
-    patch_codes, latent_codes = (spatial_position_codes(patches.shape[1], self.num_latent_tokens,
-                                                        self.width)
-                                 if self.spatial_init and self.is_initializing() else (None, None))
+    patch_codes, latent_codes = _initial_position_codes(self, patches.shape[1])
     cls = _embedding(self, "class_embedding", (1, self.width), (None, "embed"))
     x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.width)), x], axis=1)
     x = x + _embedding(self, "positional_embedding", (grid + 1, self.width), (None, "embed"),
@@ -312,9 +318,7 @@ class Decoder(nn.Module):
     ln_post, logits [B, T, grid, grid, codebook])."""
     batch, frames = z.shape[:2]
     n = batch * frames
-    patch_codes, latent_codes = (spatial_position_codes(self.grid, self.num_latent_tokens,
-                                                        self.width)
-                                 if self.spatial_init and self.is_initializing() else (None, None))
+    patch_codes, latent_codes = _initial_position_codes(self, self.grid)
     latent = layers.dense(self.width, (None, "embed"), "decoder_embed", kernel_init=LINEAR_INIT,
                           dtype=self.dtype)(z)
     latent = latent + _embedding(self, "latent_token_positional_embedding",
