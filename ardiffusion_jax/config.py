@@ -249,6 +249,8 @@ def _validate_vae(vae, data):
            f"{grid * 2 ** (len(model.channel_mult) - 1)}, not {model.image_size}; use "
            f"log2(patch_size) + 1 levels")
   _require(model.width % model.num_heads == 0, "vae.num_heads", "must divide the width")
+  _require(model.pixel_res_blocks >= 1, "vae.pixel_res_blocks",
+           f"must be >= 1, got {model.pixel_res_blocks}")
   for mult in model.channel_mult:
     _require((model.pixel_hidden * mult) % model.norm_groups == 0, "vae.norm_groups",
              f"{model.norm_groups} groups do not divide {model.pixel_hidden * mult} channels")

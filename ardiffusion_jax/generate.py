@@ -8,6 +8,7 @@ import pathlib
 import time
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +35,28 @@ def load_vae(vae_ckpt):
     params = train_vae.inference_params(checkpointer.restore_raw())
   finally:
     checkpointer.close()
-  return config, ar_vae.vae_from_config(config.vae), params
+  model = ar_vae.vae_from_config(config.vae)
+  _check_params_fit(model, params, vae_ckpt)
+  return config, model, params
+
+
+def _check_params_fit(model, params, source):
+  """Flax ignores parameters a model does not use, so a checkpoint whose saved config
+  now builds another model (a preset changed since) would decode wrongly, not fail."""
+  size = model.image_size
+  expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, size, size, 3)))
+  shapes = lambda tree: {jax.tree_util.keystr(path): tuple(np.shape(leaf))
+                         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  want, have = shapes(nn.meta.unbox(expected)["params"]), shapes(params)
+  problems = ([f"{key} missing" for key in want if key not in have] +
+              [f"{key} not in the model" for key in have if key not in want] +
+              [f"{key} is {have[key]}, the model's {want[key]}" for key in want
+               if key in have and have[key] != want[key]])
+  if problems:
+    raise CheckpointError(
+        f"{source}: its weights do not fit the AR-VAE its saved config builds now "
+        f"({len(problems)} differences: {'; '.join(problems[:4])}); a preset has changed "
+        f"since it was trained, so retrain it with this code (README, AR-VAE)")
 
 
 def vae_checkpoint_of(dit_config) -> Optional[str]:

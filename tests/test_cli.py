@@ -77,9 +77,10 @@ def test_plan_prints_and_writes_per_device_memory(tmp_path, capsys):
 def test_vae_benchmark_trains_for_its_budget_and_scores_held_out_clips(tmp_path):
   out = tmp_path / "vae.json"
   assert bench.main(["vae", "--config", "configs/synthetic.py:vae_smoke", "--minutes", "0",
-                     "--held-out", "2", "--set", "vae_train.disc_start=-1",
+                     "--held-out", "2", "--set", "vae_train.ema_decay=0.9",
                      "--workdir", str(tmp_path / "run"), "--out", str(out)]) == 0
   result = json.loads(out.read_text())
+  assert result["overrides"] == ["vae_train.ema_decay=0.9"] and result["ema_decay"] == 0.9
   assert result["steps"] == 1  # a zero budget stops after the first step, with a save
   assert 0 < result["held_out_psnr_db"] < 60
   assert result["ema_decay"] > 0 and 0 < result["held_out_psnr_raw_db"] < 60  # both weights scored

@@ -14,6 +14,7 @@ from ardiffusion_jax import generate
 from ardiffusion_jax.convert import portable
 from ardiffusion_jax.data import latents as latents_lib
 from ardiffusion_jax.data.synthetic import BouncingShapes
+from ardiffusion_jax.errors import CheckpointError
 from ardiffusion_jax.models import ar_vae
 from ardiffusion_jax.train import vae as train_vae
 from ardiffusion_jax.train.checkpoint import Checkpointer
@@ -83,7 +84,7 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
-def test_the_ema_follows_the_generator_and_is_what_decodes_and_exports(tmp_path):
+def test_the_ema_follows_the_generator_and_is_what_decodes_and_exports(tmp_path, monkeypatch):
   config = _config(**{"vae_train.steps": 3, "vae_train.disc_start": 1, "vae_train.ema_decay": 0.5})
   seen = {}
   capture = lambda step, state, metrics, ckpt: seen.setdefault(
@@ -105,6 +106,12 @@ def test_the_ema_follows_the_generator_and_is_what_decodes_and_exports(tmp_path)
                                 ema_3["decoder"]["decoder_embed"]["kernel"])
   portable.convert_portable(tmp_path / "portable", tmp_path / "back")
   _assert_trees_equal(generate.load_vae(tmp_path / "back")[2], ema_3)
+  # A saved config that now builds another model (the preset changed) is refused, not
+  # decoded with the parameters the model happens to use.
+  monkeypatch.setitem(ar_vae.PRESETS["tiny"], "pixel_res_blocks", 2)
+  with pytest.raises(CheckpointError, match=r"'up_0_block_1'\]\['conv1'\]\['kernel'\] missing"):
+    generate.load_vae(tmp_path / "run")
+  monkeypatch.undo()
 
   # ema_decay 0 (the authors' recipe): no EMA is kept, and the raw weights decode.
   train_vae.train(_config(**{"vae_train.steps": 1, "vae_train.ema_decay": 0.0}),

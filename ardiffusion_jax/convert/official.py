@@ -343,6 +343,7 @@ def vae_config_from_state(state, config):
       patch_size=patch, num_latent_tokens=_need(state, "latent_tokens")[0],
       token_dim=_need(state, "decoder.decoder_embed.weight")[1],
       pixel_hidden=hidden, channel_mult=mult,
+      pixel_res_blocks=_count(state, r"pixel_decoder\.up\.0\.block\.(\d+)\.conv1\.weight"),
       pixel_z_channels=_need(state, "pixel_quantize_conv.weight")[0],
       pixel_codebook_size=_need(state, "decoder.ffn.2.weight")[0],
       temporal_causal="decoder.fine_temporal_blocks.0.ln_1.weight" in state, dtype="float32",
@@ -399,7 +400,8 @@ def vae_rules(model: ar_vae.ARVAE, abstract_params) -> RuleSet:
   rules.add("pixel_decoder.conv_in.bias", pixel + ("conv_in", "bias"), "bias")
   blocks = [(f"pixel_decoder.mid.{i}", f"mid_{i}") for i in range(2)]
   for k in range(len(model.channel_mult)):
-    blocks += [(f"pixel_decoder.up.{k}.block.{j}", f"up_{k}_block_{j}") for j in range(2)]
+    blocks += [(f"pixel_decoder.up.{k}.block.{j}", f"up_{k}_block_{j}")
+               for j in range(model.pixel_res_blocks)]
     if k > 0:
       rules.add(f"pixel_decoder.up.{k}.upsample_conv.weight", pixel + (f"up_{k}_upsample_conv", "kernel"), "conv")
       rules.add(f"pixel_decoder.up.{k}.upsample_conv.bias", pixel + (f"up_{k}_upsample_conv", "bias"), "bias")
