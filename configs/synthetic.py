@@ -68,7 +68,8 @@ def get_config(arg=None):
   # Stage 1 (frames) turns into stage 2 at disc_start; vae_causal is stage 3.
   causal = variant == "vae_causal"
   config.vae_train = ml_collections.ConfigDict(dict(
-      # 16 frames a step: in the 10-minute bench 16 beat 32 and 8 (README, "Reconstruction quality").
+      # Frames a step (clips in vae_causal): in the 10-minute bench 16 beat 32 and 8 (README,
+      # "Reconstruction quality").
       batch_size=8 if smoke else 16,
       steps={"smoke": 20, "vae_smoke": 20, "default": 2000}.get(variant, 3000),  # default: the demo's budget
       clip_frames=config.data.num_frames if causal else 1,
