@@ -278,7 +278,7 @@ class PixelDecoder(nn.Module):
   channel_mult: Sequence[int]
   groups: int
   nin_shortcut_quirk: bool
-  num_res_blocks: int = 2
+  num_res_blocks: int  # a level; ARVAE.pixel_res_blocks
   dtype: Any = jnp.float32
 
   @nn.compact
