@@ -73,3 +73,11 @@ def test_unknown_variant_and_missing_file():
     config_lib.load_config("configs/synthetic.py:huge")
   with pytest.raises(ConfigError, match="not found"):
     config_lib.load_config("configs/nope.py:smoke")
+
+
+def test_pixel_res_blocks_is_validated_where_a_config_sets_it():
+  config = config_lib.config_from_file("configs/synthetic.py", "smoke")
+  config.vae.pixel_res_blocks = 0  # the presets set it; a config file may too
+  with pytest.raises(ConfigError) as error:
+    config_lib.validate(config, num_devices=8)
+  assert error.value.field == "vae.pixel_res_blocks"
