@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from ardiffusion_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from ardiffusion_jax.errors import (CheckpointError, ConfigError, DataError, TrainingDiverged,
+                                   WorkdirLocked)
 
 DEFAULT_CONFIG = "configs/synthetic.py:default"
 
@@ -112,11 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
                   "`ardiff export` wrote, `lpips` writes the perceptual loss's .npz. Inputs: "
                   ".safetensors, .npz, or .bin/.pt/.pth with torch installed.")
   kinds = convert.add_subparsers(dest="kind", required=True, metavar="KIND")
+  nonfinite = dict(action="store_true", help="convert tensors holding NaN or inf anyway "
+                                             "(refused by default)")
   lpips_parser = kinds.add_parser("lpips", help="VGG-16 + LPIPS heads -> .npz",
                                   description="Reads .pth (needs torch), .safetensors or .npz.")
   lpips_parser.add_argument("--vgg", required=True, help="torchvision vgg16-397923af.pth")
   lpips_parser.add_argument("--lin", required=True, help="LPIPS v0.1 vgg.pth (lin0..lin4)")
   lpips_parser.add_argument("--out", required=True, help="output .npz")
+  lpips_parser.add_argument("--allow-nonfinite", **nonfinite)
   official_help = {
       "official-dit": "the authors' AR-Diffusion model.safetensors -> an `official` DiT run",
       "official-vae": "the authors' AR-VAE (optionally temporal-causal) -> an `official` AR-VAE run",
@@ -136,16 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
       sub.add_argument("--norm-groups", type=int, help="pixel decoder GroupNorm groups (default 32)")
     sub.add_argument("--allow-missing", action="store_true",
                      help="load a partial state dict on purpose (missing leaves keep a fresh init)")
+    sub.add_argument("--allow-nonfinite", **nonfinite)
   fid_parser = kinds.add_parser("fid-inception", help="pytorch-fid InceptionV3 -> .npz (FID-img)",
                                 description="Reads pt_inception-2015-12-05-6726825d.pth (needs "
                                             "torch), .safetensors or .npz.")
   fid_parser.add_argument("--input", required=True, help="pytorch-fid's InceptionV3 weights")
   fid_parser.add_argument("--out", required=True, help="output .npz")
+  fid_parser.add_argument("--allow-nonfinite", **nonfinite)
   r3d_parser = kinds.add_parser("fid-resnet3d", help="Hara's 3D ResNet-50 -> .npz (FID-vid)",
                                 description="Reads resnet-50-kinetics.pth (needs torch), "
                                             ".safetensors or .npz.")
   r3d_parser.add_argument("--input", required=True, help="resnet-50-kinetics.pth")
   r3d_parser.add_argument("--out", required=True, help="output .npz")
+  r3d_parser.add_argument("--allow-nonfinite", **nonfinite)
   portable_parser = kinds.add_parser("portable", help="a portable export -> our run layout")
   portable_parser.add_argument("--input", required=True, help="folder written by ardiff export")
   portable_parser.add_argument("--output", required=True, help="new run folder")
@@ -195,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--mode", choices=("cached", "full"),
                       help="cached: KV cache (default for strictly causal models); full: the "
                            "authors' way (default for the official variant)")
-  sample.add_argument("--steps", type=int, help="DDIM steps S (default: the config's)")
+  sample.add_argument("--steps", type=int, help="DDIM steps S, 1..num_timesteps (dividing it "
+                      "on the official grid; default: the checkpoint config's)")
   sample.add_argument("--eta", type=float, help="DDIM eta (default: the config's)")
   sample.add_argument("--seed", type=int, default=0)
   sample.add_argument("--batch-size", type=int, default=8, help="videos per sampler call")
@@ -222,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="FID-img's InceptionV3 (.npz from ardiff convert fid-inception)")
   evaluate.add_argument("--fid-vid-weights", default="fid_resnet3d.npz",
                         help="FID-vid's 3D ResNet-50 (.npz from ardiff convert fid-resnet3d)")
-  evaluate.add_argument("--s", default="0,5,10", help="comma-separated timestep differences")
+  evaluate.add_argument("--s", default="0,5,10", help="comma-separated timestep differences, "
+                        "each 0..S (the DiT's sampling steps)")
   evaluate.add_argument("--num", type=int, default=2048, help="clips per set (default 2048)")
   evaluate.add_argument("--batch-size", type=int, default=8)
   evaluate.add_argument("--seed", type=int, default=0)
@@ -251,12 +260,12 @@ def _eval(args) -> int:
 def _convert(args) -> int:
   if args.kind == "lpips":
     from ardiffusion_jax.convert.lpips import convert_lpips
-    convert_lpips(args.vgg, args.lin, args.out)
+    convert_lpips(args.vgg, args.lin, args.out, allow_nonfinite=args.allow_nonfinite)
     print(f"ardiff convert lpips: wrote {args.out}")
     return 0
   if args.kind in ("fid-inception", "fid-resnet3d"):
     from ardiffusion_jax.convert.metric_nets import convert_metric_net
-    convert_metric_net(args.kind, args.input, args.out)
+    convert_metric_net(args.kind, args.input, args.out, allow_nonfinite=args.allow_nonfinite)
     print(f"ardiff convert {args.kind}: wrote {args.out}")
     return 0
   if args.kind == "portable":
@@ -275,7 +284,8 @@ def _convert(args) -> int:
     section.num_heads = args.num_heads
   if getattr(args, "norm_groups", None):
     section.norm_groups = args.norm_groups
-  config, missing = convert(args.input, args.output, config, allow_missing=args.allow_missing)
+  config, missing = convert(args.input, args.output, config, allow_missing=args.allow_missing,
+                            allow_nonfinite=args.allow_nonfinite)
   if missing:
     print(f"ardiff convert {args.kind}: {len(missing)} keys missing, left at a fresh init: "
           + ", ".join(missing), file=sys.stderr)
@@ -303,7 +313,8 @@ def main(argv=None) -> int:
       result = train(config, args.workdir, logdir=args.logdir)
       state = "stopped by SIGTERM at" if result.stopped_early else "reached"
       print(f"ardiff {args.command}: {state} step {result.step}; "
-            f"checkpoints in {args.workdir}/checkpoints")
+            f"checkpoints in {args.workdir}/checkpoints; {result.skipped_files} unreadable "
+            f"data files skipped; {result.nonfinite_steps} non-finite steps dropped")
       return 0
     if args.command == "extract":
       jax = _init_jax(args)
@@ -314,7 +325,8 @@ def main(argv=None) -> int:
         raise ConfigError("--shard-size", "shard and batch sizes must be >= 1")
       result = run_extract(config, args.vae_ckpt, args.out, args.shard_size, args.batch_size)
       print(f"ardiff extract: {result['clips_written']} clips written, "
-            f"{result['skipped']} of {result['shards']} shards already done; see {args.out}")
+            f"{result['skipped']} of {result['shards']} shards already done, "
+            f"{result['skipped_files']} unreadable data files skipped; see {args.out}")
       return 0
     if args.command == "convert":
       return _convert(args)
@@ -337,7 +349,7 @@ def main(argv=None) -> int:
       return 0
     from ardiffusion_jax import bench  # the one command left: argparse allows no other
     return bench.main(args.bench_args)
-  except (ConfigError, DataError, CheckpointError, TrainingDiverged) as error:
+  except (ConfigError, DataError, CheckpointError, TrainingDiverged, WorkdirLocked) as error:
     print(f"ardiff {args.command}: error: {error}", file=sys.stderr)
     return 1
 

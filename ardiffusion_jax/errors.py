@@ -18,11 +18,17 @@ class CheckpointError(RuntimeError):
   """A checkpoint does not match what the model expects."""
 
 
+class WorkdirLocked(RuntimeError):
+  """Another run holds the workdir (train/lock.py)."""
+
+
 class TrainingDiverged(RuntimeError):
-  """A batch or the loss stopped being finite; nothing after the last good step is saved."""
+  """A batch, the loss, the gradients or the updated state stopped being finite. No
+  non-finite state is ever saved, so `last_good` (the newest checkpoint) is finite."""
 
   def __init__(self, step: int, what: str, last_good):
     self.step, self.last_good = step, last_good
-    where = (f"the last good checkpoint is step {last_good}" if last_good is not None
+    where = (f"the last finite checkpoint, step {last_good}, is on disk" if last_good is not None
              else "no checkpoint was written yet")
-    super().__init__(f"training stopped at step {step}: {what}; {where}")
+    super().__init__(f"training stopped at step {step}: {what}; nothing of it was saved and "
+                     f"{where}")

@@ -17,7 +17,7 @@ import numpy as np
 import tqdm
 
 from ardiffusion_jax.data import datasets, latents as latents_lib
-from ardiffusion_jax.generate import LATENTS_INFO, load_vae
+from ardiffusion_jax.generate import LATENTS_INFO, encoder_fingerprint, load_vae
 from ardiffusion_jax.models import ar_vae
 from ardiffusion_jax.train.checkpoint import checkpoint_dir as find_checkpoints
 
@@ -37,6 +37,7 @@ def extract(config, vae_ckpt, out_dir, shard_size: int = 256, batch_size: int = 
   out.mkdir(parents=True, exist_ok=True)
   if process_index == 0:
     info = {"vae_checkpoint": str(pathlib.Path(find_checkpoints(vae_ckpt)).absolute()),
+            "vae_encoder_fingerprint": encoder_fingerprint(params),
             "clips": len(source), "shard_size": shard_size}
     (out / LATENTS_INFO).write_text(json.dumps(info, indent=2))
   num_shards = -(-len(source) // shard_size)
@@ -60,4 +61,5 @@ def extract(config, vae_ckpt, out_dir, shard_size: int = 256, batch_size: int = 
     if on_shard is not None:
       on_shard(k)
   progress.close()
-  return {"shards": len(mine), "skipped": len(mine) - len(todo), "clips_written": written}
+  return {"shards": len(mine), "skipped": len(mine) - len(todo), "clips_written": written,
+          "skipped_files": int(getattr(source, "skipped", 0))}

@@ -3,6 +3,7 @@ scheduler, decode, and write mp4 / GIF / npz. `ardiff sample`, the demo and the 
 notebooks all go through `Generator`."""
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import time
@@ -14,12 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from ardiffusion_jax import config as config_lib
 from ardiffusion_jax import diffusion, sampling, viz
 from ardiffusion_jax.data import video as video_lib
 from ardiffusion_jax.errors import CheckpointError, ConfigError, DataError
 from ardiffusion_jax.models import ar_vae, dit
 from ardiffusion_jax.train import vae as train_vae
-from ardiffusion_jax.train.checkpoint import Checkpointer, checkpoint_dir
+from ardiffusion_jax.train.checkpoint import Checkpointer, checkpoint_dir, tree_differences
 
 LATENTS_INFO = "latents_info.json"  # written by `ardiff extract` next to the shards
 
@@ -29,12 +31,10 @@ def load_vae(vae_ckpt):
   when it kept an EMA)."""
   checkpointer = Checkpointer(checkpoint_dir(vae_ckpt), async_save=False)
   try:
-    if checkpointer.latest_step() is None:
-      raise CheckpointError(f"no AR-VAE checkpoint in {vae_ckpt}")
-    config = checkpointer.restore_config()
-    params = train_vae.inference_params(checkpointer.restore_raw())
+    _, config, state = checkpointer.load_latest("AR-VAE")
   finally:
     checkpointer.close()
+  params = train_vae.inference_params(state)
   model = ar_vae.vae_from_config(config.vae)
   _check_params_fit(model, params, vae_ckpt)
   return config, model, params
@@ -45,13 +45,7 @@ def _check_params_fit(model, params, source):
   now builds another model (a preset changed since) would decode wrongly, not fail."""
   size = model.image_size
   expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, size, size, 3)))
-  shapes = lambda tree: {jax.tree_util.keystr(path): tuple(np.shape(leaf))
-                         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-  want, have = shapes(nn.meta.unbox(expected)["params"]), shapes(params)
-  problems = ([f"{key} missing" for key in want if key not in have] +
-              [f"{key} not in the model" for key in have if key not in want] +
-              [f"{key} is {have[key]}, the model's {want[key]}" for key in want
-               if key in have and have[key] != want[key]])
+  problems = tree_differences(params, nn.meta.unbox(expected)["params"])
   if problems:
     raise CheckpointError(
         f"{source}: its weights do not fit the AR-VAE its saved config builds now "
@@ -59,12 +53,35 @@ def _check_params_fit(model, params, source):
         f"since it was trained, so retrain it with this code (README, AR-VAE)")
 
 
-def vae_checkpoint_of(dit_config) -> Optional[str]:
-  """The AR-VAE run that encoded the DiT's training latents, if `ardiff extract` said so."""
+ENCODER_PARAMS = ("encoder", "latent_tokens")  # what maps pixels to latents (ARVAE.encode)
+
+
+def encoder_fingerprint(params) -> str:
+  """A hash of the weights that make latents. A stage-3 finetune keeps them frozen, so
+  it decodes the same latents; any other AR-VAE makes latents of its own."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path({k: params[k] for k in ENCODER_PARAMS}):
+    leaf = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape}".encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def latents_info(dit_config) -> dict:
+  """What `ardiff extract` recorded next to the DiT's training latents ({} if nothing)."""
   info = pathlib.Path(dit_config.train.get("latents_dir", "") or ".") / LATENTS_INFO
-  if not info.is_file():
-    return None
-  return json.loads(info.read_text()).get("vae_checkpoint")
+  return json.loads(info.read_text()) if info.is_file() else {}
+
+
+def _check_same_encoder(vae_ckpt, vae_params, info: dict):
+  """Refuses a VAE whose encoder did not make the DiT's latents: it would decode them
+  into noise without a word."""
+  recorded = info.get("vae_encoder_fingerprint")
+  if recorded and recorded != encoder_fingerprint(vae_params):
+    raise CheckpointError(
+        f"{vae_ckpt}: this AR-VAE's encoder did not make the DiT's training latents (they "
+        f"came from {info.get('vae_checkpoint')}, encoder {recorded}), so it cannot decode "
+        f"the samples; pass that run (or its stage-3 finetune) as --vae-ckpt")
 
 
 @dataclasses.dataclass
@@ -84,10 +101,7 @@ class Generator:
     run that encoded the DiT's latents; without one, only latents can be produced."""
     checkpointer = Checkpointer(checkpoint_dir(ckpt), async_save=False)
     try:
-      if checkpointer.latest_step() is None:
-        raise CheckpointError(f"no DiT checkpoint in {ckpt}")
-      config = checkpointer.restore_config()
-      state = checkpointer.restore_raw()
+      _, config, state = checkpointer.load_latest("DiT")
     finally:
       checkpointer.close()
     if "dit" not in config:
@@ -99,13 +113,16 @@ class Generator:
     variables = {"params": state[weights]}
     if state.get("constants"):
       variables["constants"] = state["constants"]
-    steps = sampling_steps or config.diffusion.sampling_steps
+    steps = (config.diffusion.sampling_steps if sampling_steps is None else
+             config_lib.check_sampling_steps(sampling_steps, config.diffusion, "--steps"))
     grid = diffusion.ddim_grid(config.diffusion.ddim_grid,
                                 diffusion.alphas_from_config(config.diffusion), steps)
     generator = cls(config, dit.dit_from_config(config.dit), variables, grid)
-    vae_ckpt = vae_ckpt or vae_checkpoint_of(config)
+    info = latents_info(config)
+    vae_ckpt = vae_ckpt or info.get("vae_checkpoint")
     if vae_ckpt:
       vae_config, generator.vae, generator.vae_params = load_vae(vae_ckpt)
+      _check_same_encoder(vae_ckpt, generator.vae_params, info)
       generator.resolution = vae_config.vae.image_size
     return generator
 

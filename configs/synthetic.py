@@ -99,6 +99,7 @@ def get_config(arg=None):
       log_every=1 if smoke else 50,
       checkpoint_every=10 if smoke else 500,
       keep_checkpoints=3,
+      max_nonfinite_steps=1,  # stop at the first non-finite step; N: skip up to N-1 in a row
   ))
 
   config.diffusion = ml_collections.ConfigDict(dict(
@@ -150,6 +151,7 @@ def get_config(arg=None):
       log_every=1 if smoke else 50,
       checkpoint_every=10 if smoke else 500,
       keep_checkpoints=3,
+      max_nonfinite_steps=1,  # stop at the first non-finite step; N: skip up to N-1 in a row
       latents_dir="",  # ArrayRecord latent shards (ardiff extract writes them)
   ))
 

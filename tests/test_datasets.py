@@ -2,6 +2,8 @@
 a truncated mp4 and a file that is not a video; UCF-101's list files; the dataset configs."""
 
 import logging
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from ardiffusion_jax import cli, config as config_lib
 from ardiffusion_jax.data import datasets, pipeline, video
 from ardiffusion_jax.errors import ConfigError, DataError
 from ardiffusion_jax.train import vae as train_vae
+from ardiffusion_jax.train.logging import read_metrics
 
 SIZE, FRAMES = 32, 10
 
@@ -63,6 +66,57 @@ def test_files_load_with_their_frames_and_bad_ones_are_skipped_and_counted(video
   np.testing.assert_array_equal(examples[3]["video"], examples[0]["video"])
   np.testing.assert_array_equal(examples[4]["video"], examples[0]["video"])
   assert sum("skipping unreadable video" in r.message for r in caplog.records) == 2
+
+
+def _png_claiming(path, width, height):
+  """A 4x4 PNG whose header claims width x height (a decompression bomb's few bytes)."""
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+  data = bytearray(path.read_bytes())
+  data[16:24] = struct.pack(">II", width, height)  # IHDR: after the signature, length, type
+  data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+  path.write_bytes(bytes(data))
+
+
+def _hostile_frame_folders(root):
+  """root/: one good png folder, then a decompression bomb, a truncated frame and a file
+  of random bytes, each in a Taichi-style frame folder of its own."""
+  _write_png_folder(root / "a_good", _frames(0))
+  for name in ("b_bomb", "c_truncated", "d_garbage"):
+    _write_png_folder(root / name, _frames(1))
+  _png_claiming(root / "b_bomb" / "frame_00003.png", 20000, 20000)
+  truncated = root / "c_truncated" / "frame_00002.png"
+  truncated.write_bytes(truncated.read_bytes()[:60])
+  (root / "d_garbage" / "frame_00005.png").write_bytes(np.random.default_rng(0).bytes(300))
+
+
+def test_hostile_frames_of_any_kind_are_skipped_and_counted(tmp_path, caplog):
+  _hostile_frame_folders(tmp_path)
+  with pytest.raises(DataError, match="b_bomb/frame_00003.png: DecompressionBombError"):
+    video.read_image(tmp_path / "b_bomb" / "frame_00003.png")  # PIL's own limit
+  _png_claiming(tmp_path / "big.png", 10000, 10000)  # under PIL's limit, over ours
+  with pytest.raises(DataError, match="claims 10000x10000 pixels.*decompression bomb"):
+    video.read_image(tmp_path / "big.png")
+  entries = datasets.folder_entries(tmp_path)
+  source = datasets.VideoDataset(entries, num_frames=FRAMES, resolution=SIZE, random_start=False)
+  with caplog.at_level(logging.WARNING, logger="ardiffusion_jax.data.datasets"):
+    examples = [source[i] for i in range(len(source))]
+  assert source.skipped == 3
+  for example in examples:
+    np.testing.assert_array_equal(example["video"], examples[0]["video"])  # the good folder
+  messages = [r.message for r in caplog.records if "skipping unreadable video" in r.message]
+  assert len(messages) == 3 and any("DecompressionBombError" in m for m in messages)
+
+
+def test_train_vae_reports_the_skipped_files(tmp_path, capsys):
+  _hostile_frame_folders(tmp_path / "train")  # Taichi-HD's layout: root/train/<clip>/*.png
+  # 4 steps of 8 frames: one epoch of the 4 videos x 8 frames, so every video is read.
+  overrides = [f"data.root='{tmp_path}'", "vae_train.steps=4", "vae_train.log_every=1"]
+  workdir = tmp_path / "run"
+  args = ["train-vae", "--config", "configs/taichi.py:vae_smoke", "--workdir", str(workdir)]
+  assert cli.main(args + [a for o in overrides for a in ("--set", o)]) == 0
+  out = capsys.readouterr().out
+  assert "reached step 4" in out and "; 3 unreadable data files skipped;" in out
+  assert read_metrics(workdir)[-1]["skipped_files"] == 3
 
 
 def test_clips_take_a_stride_from_a_seeded_random_start(video_folder):

@@ -116,6 +116,17 @@ def test_sample_cli_rejects_bad_settings_clearly(demo_dir, tmp_path, capsys):
   assert cli.main(["sample", "--ckpt", ckpt, "--context", str(tmp_path / "missing.mp4"),
                    "--out", str(tmp_path)]) == 1
   assert "does not exist" in capsys.readouterr().err
+  # An AR-VAE whose encoder did not make the DiT's latents would decode noise silently.
+  import jax
+  from ardiffusion_jax import generate
+  from ardiffusion_jax.convert import write_model_checkpoint
+  vae_config, _, params = generate.load_vae(demo_dir / "vae")
+  other = jax.tree.map(lambda x: x, params)
+  other["latent_tokens"] = params["latent_tokens"] + 0.01
+  write_model_checkpoint(tmp_path / "other_vae", vae_config, {"params": other})
+  assert cli.main(["sample", "--ckpt", ckpt, "--vae-ckpt", str(tmp_path / "other_vae"),
+                   "--out", str(tmp_path)]) == 1
+  assert "this AR-VAE's encoder did not make the DiT's training latents" in capsys.readouterr().err
 
 
 def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path):

@@ -147,7 +147,7 @@ def test_extraction_round_trip_and_exactly_once_after_restart(tmp_path):
                         on_shard=stop_after_first)
   assert len(list(out.glob("*.array_record"))) == 1
   result = extract_lib.extract(config, tmp_path / "vae", out, shard_size=4, batch_size=3)
-  assert result == {"shards": 3, "skipped": 1, "clips_written": 6}
+  assert result == {"shards": 3, "skipped": 1, "clips_written": 6, "skipped_files": 0}
   info = json.loads((out / "latents_info.json").read_text())
   assert info["vae_checkpoint"] == str((tmp_path / "vae").absolute())
 

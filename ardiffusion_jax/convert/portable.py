@@ -62,12 +62,10 @@ def export(ckpt, fmt: str, out, use_ema: bool = True) -> Bundle:
     raise CheckpointError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
   checkpointer = Checkpointer(checkpoint_dir(ckpt), async_save=False)
   try:
-    if checkpointer.latest_step() is None:
-      raise CheckpointError(f"no checkpoint in {ckpt}")
-    config = json.loads(checkpointer.restore_config().to_json_best_effort())
-    state = checkpointer.restore_raw()
+    _, config, state = checkpointer.load_latest()
   finally:
     checkpointer.close()
+  config = json.loads(config.to_json_best_effort())
   kind = _kind(state)
   variables, weights = _variables(state, kind, use_ema)
   flat = {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(variables, sep="/").items()}

@@ -5,9 +5,11 @@ shapes, or a `VideoDataset` over the files of UCF-101, Sky-Timelapse, Taichi-HD,
 FaceForensics or any folder of videos, or over a prepared TFDS dataset (`tfds_video.py`). Example i is a pure function of (seed, i): its clip
 start is drawn from that pair, so grain can shuffle, shard and checkpoint it.
 
-A corrupt or unreadable video is skipped: the example is taken from the next readable
-video instead, the file is counted (`VideoDataset.skipped`), logged once and not retried,
-and training goes on with a full batch.
+A corrupt or unreadable video is skipped, whatever its decoder raises (a truncated
+frame, a decompression bomb, a broken container): the example is taken from the next
+readable video instead, the file is counted (`VideoDataset.skipped`; the training loop
+logs the count as `skipped_files`), logged once and not retried, and training goes on
+with a full batch.
 """
 
 import dataclasses
@@ -112,7 +114,7 @@ class VideoDataset:
         continue
       try:
         clip, label = self.load(candidate)
-      except DataError as error:
+      except Exception as error:  # every file is untrusted: any decoder error skips it
         self._skip(self.entries[candidate].path, error)
         continue
       return {"video": clip, "label": np.int32(label), "index": np.int64(index)}

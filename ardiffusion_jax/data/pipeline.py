@@ -66,6 +66,11 @@ class ClipSource:
   def __len__(self) -> int:
     return len(self.videos) * self.starts
 
+  @property
+  def skipped(self) -> int:
+    """Unreadable videos skipped so far (0 for sources that never skip)."""
+    return int(getattr(self.videos, "skipped", 0))
+
   def __getitem__(self, index):
     video_index, start = divmod(int(index), self.starts)
     if hasattr(self.videos, "clip"):

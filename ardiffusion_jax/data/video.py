@@ -11,6 +11,9 @@ from ardiffusion_jax.errors import DataError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# A frame whose header claims more pixels than this is refused before it is decoded: a
+# PNG can claim 20000 x 20000 in a few bytes (a decompression bomb). 8K video is 33M.
+MAX_FRAME_PIXELS = 64 * 1024 * 1024
 
 
 def frame_files(folder) -> list:
@@ -46,11 +49,7 @@ def read_clip(path, start: int, count: int, stride: int = 1) -> np.ndarray:
   path = pathlib.Path(path)
   wanted = start + (count - 1) * stride + 1
   if path.is_dir():
-    files = frame_files(path)[start:wanted:stride]
-    try:
-      frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-    except OSError as error:
-      raise DataError(f"cannot read a frame of {path}: {error}") from error
+    frames = [read_image(f) for f in frame_files(path)[start:wanted:stride]]
   else:
     frames = list(read_video(path, max_frames=wanted)[start:wanted:stride])
   if len(frames) < count:
@@ -58,6 +57,21 @@ def read_clip(path, start: int, count: int, stride: int = 1) -> np.ndarray:
   if len({f.shape for f in frames}) > 1:
     raise DataError(f"the frames of {path} differ in size")
   return np.stack(frames)
+
+
+def read_image(path) -> np.ndarray:
+  """One image file as uint8 [H, W, 3]. Raises DataError for anything that is not a
+  readable image of a sane size, whatever the decoder raised."""
+  try:
+    with Image.open(path) as image:
+      if image.width * image.height > MAX_FRAME_PIXELS:
+        raise DataError(f"{path} claims {image.width}x{image.height} pixels, more than "
+                        f"{MAX_FRAME_PIXELS} (a decompression bomb?)")
+      return np.asarray(image.convert("RGB"))
+  except DataError:
+    raise
+  except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    raise DataError(f"cannot read the frame {path}: {type(error).__name__}: {error}") from error
 
 
 def read_video(path, max_frames=None) -> np.ndarray:

@@ -91,13 +91,21 @@ def make_train_step(model, tx, config):
       totals, _ = jax.lax.scan(accumulate, zeros, jax.tree.map(split, (batch, draws)))
       loss, per_frame, grads = jax.tree.map(lambda x: x / accum, totals)
 
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient leaves the state as it was (the loop decides whether
+    # to stop); the step still counts, so the next one draws new noise.
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree.map(jnp.add, state.params, updates)
     decay = state_lib.ema_decay(state.step, train_config.ema_decay)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=state_lib.update_ema(state.ema_params, params, decay))
-    metrics = {"loss": loss, "loss_per_frame": per_frame, "grad_norm": optax.tree.norm(grads),
-               "lr": schedule(state.step), "ema_decay": decay}
+    ema_params = state_lib.update_ema(state.ema_params, params, decay)
+    keep = functools.partial(state_lib.keep_if_finite, ok)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state),
+                              ema_params=keep(ema_params, state.ema_params))
+    metrics = {"loss": loss, "loss_per_frame": per_frame, "grad_norm": grad_norm,
+               "lr": schedule(state.step), "ema_decay": decay,
+               **state_lib.finite_flags(ok, new_state.params, new_state.ema_params)}
     return new_state, metrics
 
   return train_step
@@ -136,17 +144,16 @@ def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResu
   mesh = sharding.make_mesh(config.mesh, devices)
   model = dit.dit_from_config(config.dit)
   tx = state_lib.make_optimizer(config.train)
-  data_iterator = pipeline.global_batches(latent_source(config, model), config.train.batch_size,
+  source = latent_source(config, model)
+  data_iterator = pipeline.global_batches(source, config.train.batch_size,
                                           seed=config.seed, fields=("latents", "label"))
   example = example_inputs(model)
   abstract_state, shardings = state_lib.abstract_train_state(model, tx, mesh, example)
-  settings = loop.LoopSettings(
-      total_steps=config.train.steps, log_every=config.train.log_every,
-      checkpoint_every=config.train.checkpoint_every,
-      keep_checkpoints=config.train.keep_checkpoints)
+  settings = loop.LoopSettings.from_config(config.train)
   return loop.run(
       workdir=workdir, mesh=mesh, abstract_state=abstract_state,
       init_state=lambda: state_lib.create_train_state(
           model, tx, mesh, jax.random.key(config.seed), example, shardings)[0],
       step_fn=jit_train_step(model, tx, config, shardings, mesh), data_iterator=data_iterator,
-      settings=settings, config=config, hooks=hooks, desc="train DiT", logdir=logdir)
+      settings=settings, config=config, hooks=hooks, desc="train DiT", logdir=logdir,
+      data_source=source)

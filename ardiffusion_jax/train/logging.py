@@ -5,6 +5,7 @@ Only the primary process writes. Array metrics (e.g. loss per frame) become list
 
 import json
 import pathlib
+import warnings
 
 import numpy as np
 
@@ -24,11 +25,11 @@ class MetricWriter:
         pass
 
   def truncate_after(self, step: int):
-    """Drops records past `step`: a resumed run re-logs the steps it redoes."""
+    """Drops records past `step`: a resumed run re-logs the steps it redoes. A torn
+    line (a kill or a full disk mid-write) is dropped with a warning."""
     if self.enabled and self.path.exists():
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line)["step"] <= step]
-      self.path.write_text("".join(line + "\n" for line in kept))
+      kept = [record for record in _records(self.path) if record["step"] <= step]
+      self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -54,7 +55,20 @@ class MetricWriter:
       self._tensorboard.close()
 
 
+def _records(path) -> list:
+  records = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+      record = json.loads(line) if line.strip() else None
+    except ValueError:
+      record = None
+      warnings.warn(f"{path}:{number}: dropping a torn record ({line[:60]!r}): the run was "
+                    f"killed or the disk filled while it was written", stacklevel=3)
+    if isinstance(record, dict) and "step" in record:
+      records.append(record)
+  return records
+
+
 def read_metrics(workdir) -> list:
-  """All records of a run's metrics.jsonl, in order."""
-  path = pathlib.Path(workdir) / "metrics.jsonl"
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  """All records of a run's metrics.jsonl, in order (torn lines dropped, with a warning)."""
+  return _records(pathlib.Path(workdir) / "metrics.jsonl")

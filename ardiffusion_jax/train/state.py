@@ -52,6 +52,21 @@ def update_ema(ema_params, params, decay):
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
+def keep_if_finite(ok, new, old):
+  """`new` when the step was finite (`ok`, a scalar known before the update is applied,
+  so XLA still updates in place), else `old`: a non-finite step changes nothing."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def finite_flags(ok, *trees) -> dict:
+  """The guard's metrics: whether the update was applied (`update_finite`) and whether
+  every floating leaf of the updated `trees` is finite (`state_finite`); the loop never
+  saves a step where either is false."""
+  leaves = [jnp.all(jnp.isfinite(x)) for tree in trees for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return {"update_finite": ok, "state_finite": jnp.all(jnp.stack(leaves)) if leaves else True}
+
+
 def optimizer_shardings(tx, abstract_params, param_shardings, mesh):
   """mu/nu take their parameter's sharding; counters and scalars are replicated."""
   abstract_opt = jax.eval_shape(tx.init, abstract_params)

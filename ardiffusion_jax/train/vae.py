@@ -83,7 +83,8 @@ def _last_layer(tree):
   return tree
 
 
-METRICS = ("loss", "l1", "perceptual", "psnr", "proxy", "g_loss", "d_loss", "d_weight")
+METRICS = ("loss", "l1", "perceptual", "psnr", "proxy", "g_loss", "d_loss", "d_weight",
+           "grad_norm", "update_finite", "state_finite")
 
 
 def _metrics(video, recon, **values):
@@ -151,13 +152,21 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
           _last_layer(grads), _last_layer(gan_grads))
       grads = jax.tree.map(lambda a, b: a + weight * b, grads, gan_grads)
       metrics.update(g_loss=g_loss, d_weight=weight)
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(nll) & jnp.isfinite(g_loss) & jnp.isfinite(grad_norm)
     updates, opt_state = g_tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
     if max_ema_decay > 0:  # the discriminator's steps leave the generator, and its EMA, alone
       ema_params = state_lib.update_ema(ema_params, params,
                                         state_lib.ema_decay(state.step, max_ema_decay))
-    return state.replace(params=params, ema_params=ema_params, opt_state=opt_state), metrics
+    keep = functools.partial(state_lib.keep_if_finite, ok)
+    new_state = state.replace(params=keep(params, state.params),
+                              ema_params=keep(ema_params, state.ema_params),
+                              opt_state=keep(opt_state, state.opt_state))
+    metrics.update(grad_norm=grad_norm,
+                   **state_lib.finite_flags(ok, new_state.params, new_state.ema_params))
+    return new_state, metrics
 
   def discriminator_step(state, video, key):
     recon = jax.lax.stop_gradient(reconstruct(state.params, video, key)[0])
@@ -168,11 +177,19 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
       return discriminator.hinge_discriminator_loss(real, fake), stats
 
     (d_loss, stats), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.disc_params)
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(d_loss) & jnp.isfinite(grad_norm)
     updates, disc_opt_state = d_tx.update(grads, state.disc_opt_state, state.disc_params)
+    keep = functools.partial(state_lib.keep_if_finite, ok)
+    new_state = state.replace(
+        disc_params=keep(optax.apply_updates(state.disc_params, updates), state.disc_params),
+        disc_batch_stats=keep(stats, state.disc_batch_stats),
+        disc_opt_state=keep(disc_opt_state, state.disc_opt_state))
     l1 = jnp.mean(jnp.abs(video - recon))
-    metrics = _metrics(video, recon, loss=l1, l1=l1, d_loss=d_loss)
-    return state.replace(disc_params=optax.apply_updates(state.disc_params, updates),
-                         disc_batch_stats=stats, disc_opt_state=disc_opt_state), metrics
+    metrics = _metrics(video, recon, loss=l1, l1=l1, d_loss=d_loss, grad_norm=grad_norm,
+                       **state_lib.finite_flags(ok, new_state.disc_params,
+                                                new_state.disc_batch_stats))
+    return new_state, metrics
 
   def step(state, batch, phase: str):
     video = batch["video"].astype(jnp.float32) / 255.0
@@ -253,10 +270,13 @@ def _warm_start(state, init_from):
   checkpoint (stage 3 from stage 2); parameters missing there (the temporal blocks) keep
   their fresh initialisation. This run's EMA, if any, starts from the same weights."""
   checkpointer = Checkpointer(checkpoint_dir(init_from), async_save=False)
-  if checkpointer.latest_step() is None:
-    raise CheckpointError(f"vae_train.init_from={init_from!r} holds no checkpoint")
-  source = inference_params(checkpointer.restore_raw())
-  checkpointer.close()
+  try:
+    _, _, state = checkpointer.load_latest()
+  except CheckpointError as error:
+    raise CheckpointError(f"vae_train.init_from={init_from!r}: {error}") from error
+  finally:
+    checkpointer.close()
+  source = inference_params(state)
 
   def pick(path, fresh):
     node = source
@@ -321,11 +341,10 @@ def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResu
   def step_fn(state, batch):
     return jitted[phase_of(int(jax.device_get(state.step)), train_config.disc_start)](state, batch)
 
-  data_iterator = pipeline.global_batches(video_source(config), train_config.batch_size,
+  source = video_source(config)
+  data_iterator = pipeline.global_batches(source, train_config.batch_size,
                                           seed=config.seed, fields=("video",))
-  settings = loop.LoopSettings(total_steps=train_config.steps, log_every=train_config.log_every,
-                               checkpoint_every=train_config.checkpoint_every,
-                               keep_checkpoints=train_config.keep_checkpoints)
+  settings = loop.LoopSettings.from_config(train_config)
   return loop.run(workdir=workdir, mesh=mesh, init_state=init_state, abstract_state=abstract,
                   step_fn=step_fn, data_iterator=data_iterator, settings=settings, config=config,
-                  hooks=hooks, desc="train AR-VAE", logdir=logdir)
+                  hooks=hooks, desc="train AR-VAE", logdir=logdir, data_source=source)
