@@ -105,24 +105,63 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides):
   """Sets `a.b.c=value` entries; values are Python literals, else plain strings."""
   for item in overrides:
     key, sep, raw = item.partition("=")
-    if not sep:
-      raise ConfigError(item, "an override must look like field.sub=value")
+    names = key.strip().split(".")
+    if not sep or not all(names):
+      raise ConfigError("--set", f"an override must look like field.sub=value, got {item!r}")
     try:
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
       value = raw
-    *parents, leaf = key.split(".")
+    *parents, leaf = names
+    key = ".".join(names)
     node = config
-    for name in parents:
+    for depth, name in enumerate(parents):
       if name not in node:
         raise ConfigError(key, f"no field {name!r} in the config")
       node = node[name]
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ConfigError(".".join(parents[:depth + 1]),
+                          f"is a value, not a section, so {key!r} cannot be set")
     if leaf not in node:
       raise ConfigError(key, f"no field {leaf!r} in the config")
+    _check_override_value(key, node[leaf], value)
     try:
       node[leaf] = value  # ConfigDict keeps field types: int -> float is fine, str -> int is not.
     except (TypeError, ValueError) as error:
       raise ConfigError(key, str(error)) from error
+
+
+def _check_override_value(key: str, current, value):
+  """What ConfigDict would accept silently: a bool for a number (True -> 1) and inf/nan."""
+  if isinstance(current, bool) or not isinstance(current, (int, float)):
+    return
+  kind = "an int" if isinstance(current, int) else "a float"
+  if isinstance(value, bool):
+    raise ConfigError(key, f"expects {kind}, got the bool {value}")
+  number = value
+  if isinstance(value, str):
+    try:
+      number = float(value)  # 'inf', 'nan': not literals, but what the user meant
+    except ValueError:
+      return
+  if isinstance(number, (int, float)) and not math.isfinite(number):
+    raise ConfigError(key, f"must be a finite number, got {value!r}")
+
+
+def check_sampling_steps(steps, diffusion_config, field: str = "diffusion.sampling_steps") -> int:
+  """DDIM steps S against a diffusion section: in [1, num_timesteps], and dividing
+  num_timesteps on the official grid. `field` names where S came from (a config field or
+  a flag such as --steps)."""
+  total = diffusion_config.num_timesteps
+  _require(isinstance(steps, int) and not isinstance(steps, bool), field,
+           f"must be an int, got {steps!r}")
+  _require(1 <= steps <= total, field, f"must be in [1, num_timesteps={total}], got {steps}")
+  if diffusion_config.ddim_grid == "official" and total % steps:
+    divisors = [d for d in range(1, total + 1) if total % d == 0]
+    shown = ", ".join(map(str, divisors)) if len(divisors) <= 32 else f"{divisors[1]}, ..."
+    raise ConfigError(field, f"the official DDIM grid needs {field} to divide {total} "
+                             f"({shown}), got {steps}")
+  return steps
 
 
 def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple:
@@ -199,12 +238,7 @@ def validate(config: ml_collections.ConfigDict, num_devices=None):
            f"unknown scheme {diff.timestep_scheme!r}; expected one of {timesteps.SCHEMES}")
   _require(diff.ddim_grid in ("official", "clean"), "diffusion.ddim_grid",
            f"expected 'official' or 'clean', got {diff.ddim_grid!r}")
-  steps = diff.sampling_steps
-  _require(1 <= steps <= diff.num_timesteps, "diffusion.sampling_steps",
-           f"must be in [1, num_timesteps={diff.num_timesteps}], got {steps}")
-  _require(diff.ddim_grid != "official" or diff.num_timesteps % steps == 0,
-           "diffusion.sampling_steps",
-           f"the official DDIM grid needs sampling_steps to divide {diff.num_timesteps}, got {steps}")
+  steps = check_sampling_steps(diff.sampling_steps, diff)
   _require(diff.eta >= 0, "diffusion.eta", f"must be >= 0, got {diff.eta}")
 
   for s in config.sample.s_values:
@@ -262,7 +296,8 @@ def _validate_vae_train(train, data, vae, mesh_shape):
   _check_batch_split("vae_train.batch_size", train.batch_size, mesh_shape)
   _require(1 <= train.clip_frames <= data.num_frames, "vae_train.clip_frames",
            f"must be in [1, data.num_frames={data.num_frames}], got {train.clip_frames}")
-  _require(train.lr > 0 and train.disc_lr > 0, "vae_train.lr", "learning rates must be > 0")
+  for field in ("lr", "disc_lr"):
+    _check_lr(f"vae_train.{field}", train[field])
   _require(train.disc_start >= -1, "vae_train.disc_start", "must be -1 (off) or a step >= 0")
   _require(train.trainable in ("all", "temporal"), "vae_train.trainable",
            f"expected 'all' or 'temporal', got {train.trainable!r}")
@@ -277,8 +312,7 @@ def _validate_vae_train(train, data, vae, mesh_shape):
   _require(proxy_weight >= 0, "vae_train.proxy_weight", f"must be >= 0, got {proxy_weight}")
   _require(proxy_weight == 0 or vae.get("proxy_head", False), "vae_train.proxy_weight",
            "needs vae.proxy_head = True (the head whose loss it weights)")
-  for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
-    _require(train[field] >= 1, f"vae_train.{field}", f"must be >= 1, got {train[field]}")
+  _validate_loop_fields(train, "vae_train")
 
 
 def _validate_dit(dit_config):
@@ -304,6 +338,18 @@ def _validate_dit(dit_config):
            f"expected 'float32' or 'bfloat16', got {dit_config.dtype!r}")
 
 
+def _check_lr(field, lr):
+  _require(math.isfinite(lr) and lr > 0, field, f"must be a finite number > 0, got {lr}")
+
+
+def _validate_loop_fields(train, section: str):
+  """The shared training loop's settings (train/loop.py), in `train` or `vae_train`."""
+  for field in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
+    value = train.get(field, 1)
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             f"{section}.{field}", f"must be an int >= 1, got {value!r}")
+
+
 def _check_batch_split(field, batch, mesh_shape):
   if mesh_shape is not None:
     shards = mesh_shape[0] * mesh_shape[1]
@@ -317,14 +363,14 @@ def _validate_train(train, mesh_shape):
   _require(train.grad_accum >= 1 and train.batch_size % train.grad_accum == 0, "train.grad_accum",
            f"must be >= 1 and divide batch_size {train.batch_size}, got {train.grad_accum}")
   _check_batch_split("train.batch_size", train.batch_size // train.grad_accum, mesh_shape)
-  _require(train.lr > 0, "train.lr", f"must be > 0, got {train.lr}")
+  _check_lr("train.lr", train.lr)
   _require(train.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
            f"expected 'constant' or 'cosine', got {train.lr_schedule!r}")
-  _require(0 < train.lr_final <= train.lr, "train.lr_final", "must be in (0, lr]")
+  _check_lr("train.lr_final", train.lr_final)
+  _require(train.lr_final <= train.lr, "train.lr_final", "must be in (0, lr]")
   _require(0 <= train.warmup_steps <= train.steps, "train.warmup_steps", "must be in [0, steps]")
   _require(train.grad_clip > 0, "train.grad_clip", f"must be > 0, got {train.grad_clip}")
   _require(0 <= train.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {train.ema_decay}")
   _require(0 <= train.label_dropout < 1, "train.label_dropout",
            f"must be in [0, 1), got {train.label_dropout}")
-  for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
-    _require(train[field] >= 1, f"train.{field}", f"must be >= 1, got {train[field]}")
+  _validate_loop_fields(train, "train")

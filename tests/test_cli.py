@@ -1,6 +1,7 @@
 """The `ardiff` command line, the demo main job and the benchmark entry point."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -84,3 +85,50 @@ def test_vae_benchmark_trains_for_its_budget_and_scores_held_out_clips(tmp_path)
   assert result["steps"] == 1  # a zero budget stops after the first step, with a save
   assert 0 < result["held_out_psnr_db"] < 60
   assert result["ema_decay"] > 0 and 0 < result["held_out_psnr_raw_db"] < 60  # both weights scored
+
+
+@pytest.fixture(scope="module")
+def dit_run(tmp_path_factory):
+  """A DiT run with the smoke config (official DDIM grid, S = 10) and placeholder weights:
+  the checks below must refuse before any weight is used."""
+  import numpy as np
+  from ardiffusion_jax import config as config_lib, convert
+  config = config_lib.load_config("configs/synthetic.py:smoke", ["diffusion.ddim_grid='official'"])
+  run = tmp_path_factory.mktemp("dit_run")
+  convert.write_model_checkpoint(run, config, {"ema_params": {"w": np.zeros(2, np.float32)}})
+  return run
+
+
+@pytest.mark.parametrize("steps,reason", [
+    ("-3", r"must be in \[1, num_timesteps=1000\], got -3"),
+    ("0", r"must be in \[1, num_timesteps=1000\], got 0"),
+    ("5000", r"must be in \[1, num_timesteps=1000\], got 5000"),
+    ("30", "the official DDIM grid needs --steps to divide 1000"),
+])
+def test_sample_refuses_bad_steps(dit_run, tmp_path, capsys, steps, reason):
+  assert cli.main(["sample", "--ckpt", str(dit_run), "--latents-only", "--steps", steps,
+                   "--out", str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("ardiff sample: error: config.--steps: ") and len(err.splitlines()) == 1
+  assert re.search(reason, err)
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("s_values,bad", [("0,999", "999"), ("-1,2", "-1"), ("11", "11")])
+def test_eval_refuses_s_outside_the_dits_steps(dit_run, tmp_path, capsys, s_values, bad):
+  assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(dit_run),
+                   "--out", str(tmp_path / "out"), f"--s={s_values}"]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("ardiff eval: error: config.--s: ") and len(err.splitlines()) == 1
+  assert ("[0, S=10]" if bad != "-1" else ">= 0") in err and bad in err
+  assert not (tmp_path / "out").exists()
+
+
+def test_eval_refuses_an_empty_metric_list(tmp_path, capsys):
+  assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(tmp_path),
+                   "--out", str(tmp_path / "out"), "--metrics", " , "]) == 1
+  err = capsys.readouterr().err
+  assert "config.--metrics: " in err and "fvd16" in err and "physics" in err
+  assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(tmp_path),
+                   "--out", str(tmp_path / "out"), "--metrics", ""]) == 1
+  assert "config.--metrics: " in capsys.readouterr().err

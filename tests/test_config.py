@@ -81,3 +81,61 @@ def test_pixel_res_blocks_is_validated_where_a_config_sets_it():
   with pytest.raises(ConfigError) as error:
     config_lib.validate(config, num_devices=8)
   assert error.value.field == "vae.pixel_res_blocks"
+
+
+@pytest.mark.parametrize("override,field,reason", [
+    ("train.lr.x=3", "train.lr", "is a value, not a section"),
+    ("=3", "--set", "must look like field.sub=value"),
+    ("train.=3", "--set", "must look like field.sub=value"),
+    (".lr=3", "--set", "must look like field.sub=value"),
+    ("train..lr=3", "--set", "must look like field.sub=value"),
+    ("train.batch_size=True", "train.batch_size", "expects an int"),
+    ("train.lr=False", "train.lr", "expects a float"),
+    ("train.lr=1e400", "train.lr", "must be a finite number"),
+    ("train.lr=-1e400", "train.lr", "must be a finite number"),
+    ("train.lr=inf", "train.lr", "must be a finite number"),
+    ("train.lr=nan", "train.lr", "must be a finite number"),
+    ("train.batch_size=1e400", "train.batch_size", "must be a finite number"),
+])
+def test_malformed_overrides_are_named(override, field, reason):
+  with pytest.raises(ConfigError, match=reason) as error:
+    config_lib.load_config("configs/synthetic.py:smoke", [override])
+  assert error.value.field == field
+  assert override in str(error.value) or field != "--set"
+
+
+def test_bool_overrides_still_set_bool_fields():
+  config = config_lib.load_config("configs/synthetic.py:smoke", ["dit.scan_layers=True"])
+  assert config.dit.scan_layers is True
+
+
+@pytest.mark.parametrize("field", ["train.lr", "train.lr_final", "vae_train.lr", "vae_train.disc_lr"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_learning_rates_are_refused(field, value):
+  config = config_lib.config_from_file("configs/synthetic.py", "smoke")
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ConfigError, match="finite") as error:
+    config_lib.validate(config)
+  assert error.value.field == field
+
+
+def test_sampling_steps_are_checked_by_one_function():
+  diff = config_lib.config_from_file("configs/synthetic.py", "smoke").diffusion
+  diff.ddim_grid = "official"
+  assert config_lib.check_sampling_steps(20, diff, "--steps") == 20
+  for steps, reason in [(0, r"\[1, num_timesteps=1000\]"), (-3, "got -3"), (5000, "got 5000"),
+                        (30, "divide"), (True, "an int")]:
+    with pytest.raises(ConfigError, match=reason) as error:
+      config_lib.check_sampling_steps(steps, diff, "--steps")
+    assert error.value.field == "--steps"
+  diff.ddim_grid = "clean"
+  assert config_lib.check_sampling_steps(30, diff, "--steps") == 30
+
+
+@pytest.mark.parametrize("section", ["train", "vae_train"])
+def test_the_nonfinite_step_limit_is_validated(section):
+  assert config_lib.load_config("configs/synthetic.py:smoke")[section].max_nonfinite_steps == 1
+  with pytest.raises(ConfigError, match=rf"config.{section}.max_nonfinite_steps: must be an "
+                                        rf"int >= 1, got 0"):
+    config_lib.load_config("configs/synthetic.py:smoke", [f"{section}.max_nonfinite_steps=0"])

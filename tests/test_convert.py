@@ -1,6 +1,10 @@
 """Official checkpoints -> ours, proven against a PyTorch reference written from the spec
 (tests/official_reference.py) with random weights under the official key names."""
 
+import json
+import pathlib
+import pickle
+
 import numpy as np
 import pytest
 
@@ -209,3 +213,202 @@ def test_sample_cli_runs_converted_official_checkpoints(tmp_path):
                    "--out", str(out)]) == 0
   assert read_video(out / "sample_000.mp4").shape == (FRAMES, 32, 32, 3)
   assert np.load(out / "latents.npz")["latents"].shape == (1, FRAMES, TOKENS, 4)
+
+
+# ------------------------------------------------------------ unreadable weight files
+
+from ardiffusion_jax import convert  # noqa: E402
+
+
+def _raw_safetensors(path, header, data=b""):
+  """A .safetensors file written by hand (length, JSON header, data), so it can be wrong."""
+  text = header if isinstance(header, bytes) else json.dumps(header).encode()
+  path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+  return path
+
+
+def _open_and_read(path, **kwargs):
+  state = convert.open_state_dict(path, **kwargs)
+  return {key: state[key] for key in state.keys()}
+
+
+def _good_safetensors(path):
+  save_file({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, str(path))
+  return path
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("cut_data", "truncated"), ("huge_header", "truncated"), ("tiny", "truncated"),
+    ("lfs", "git lfs pull"), ("list_header", "not a safetensors file"),
+    ("no_dtype", "dtype"), ("no_offsets", "data_offsets"), ("bad_shape", "shape"),
+    ("size_mismatch", "data_offsets"), ("offsets_past_end", "truncated")])
+def test_damaged_safetensors_files_are_named(tmp_path, damage, message):
+  path = tmp_path / "model.safetensors"
+  entry = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+  if damage == "cut_data":
+    path.write_bytes(_good_safetensors(path).read_bytes()[:-5])
+  elif damage == "huge_header":
+    path.write_bytes((2 ** 62).to_bytes(8, "little") + b"{}")
+  elif damage == "tiny":
+    path.write_bytes(b"\x07\x00")
+  elif damage == "lfs":
+    path.write_text("version https://git-lfs.github.com/spec/v1\n"
+                    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+                    "size 2686362136\n")
+  elif damage == "list_header":
+    _raw_safetensors(path, [1, 2])
+  elif damage == "no_dtype":
+    _raw_safetensors(path, {"w": {"shape": [2, 2], "data_offsets": [0, 16]}}, bytes(16))
+  elif damage == "no_offsets":
+    _raw_safetensors(path, {"w": {"dtype": "F32", "shape": [2, 2]}}, bytes(16))
+  elif damage == "bad_shape":
+    _raw_safetensors(path, {"w": dict(entry, shape="2x2")}, bytes(16))
+  elif damage == "size_mismatch":
+    _raw_safetensors(path, {"w": dict(entry, data_offsets=[0, 8])}, bytes(16))
+  elif damage == "offsets_past_end":
+    _raw_safetensors(path, {"w": entry}, bytes(8))
+  with pytest.raises(CheckpointError, match=message) as error:
+    _open_and_read(path)
+  assert str(path) in str(error.value)
+  assert "\n" not in str(error.value)
+
+
+def test_a_hand_written_safetensors_file_still_reads(tmp_path):
+  path = _raw_safetensors(tmp_path / "ok.safetensors",
+                          {"__metadata__": {"format": "pt"},
+                           "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                           "b": {"dtype": "F16", "shape": [], "data_offsets": [16, 18]}},
+                          np.arange(4, dtype=np.float32).tobytes() + np.float16(2).tobytes())
+  state = _open_and_read(path)
+  np.testing.assert_array_equal(state["w"], [[0, 1], [2, 3]])
+  assert state["b"] == 2 and state["b"].dtype == np.float32
+
+
+def test_npz_with_object_arrays_or_a_broken_zip_is_refused(tmp_path):
+  pickled = tmp_path / "pickled.npz"
+  np.savez(pickled, w=np.array([{"a": 1}], dtype=object))
+  with pytest.raises(CheckpointError, match="pickled object arrays, which are not loaded for safety") as error:
+    _open_and_read(pickled)
+  assert str(pickled) in str(error.value)
+  with pytest.raises(CheckpointError, match="pickled object arrays") as error:
+    convert.load_variables(pickled, "absent")
+  assert str(pickled) in str(error.value)
+  cut = tmp_path / "cut.npz"
+  np.savez(cut, w=np.zeros((64, 64), np.float32))
+  cut.write_bytes(cut.read_bytes()[:1000])
+  text = tmp_path / "text.npz"
+  text.write_text("not an archive\n")
+  for path in (cut, text):
+    for read in (_open_and_read, lambda p: convert.load_variables(p, "absent")):
+      with pytest.raises(CheckpointError) as error:
+        read(path)
+      assert str(path) in str(error.value) and "npz" in str(error.value)
+
+
+def _touch(path):  # what a malicious pickle would run
+  pathlib.Path(path).write_text("pwned")
+
+
+class _Evil:
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (_touch, (self.marker,))
+
+
+def test_unreadable_torch_files_are_named_and_run_no_code(tmp_path):
+  truncated = tmp_path / "model.pt"
+  torch.save({"w": torch.zeros(256, 256)}, truncated)
+  truncated.write_bytes(truncated.read_bytes()[:4000])
+  marker = tmp_path / "pwned"
+  evil = tmp_path / "evil.bin"
+  evil.write_bytes(pickle.dumps({"w": _Evil(str(marker))}, protocol=2))
+  evil4 = tmp_path / "evil4.pth"
+  evil4.write_bytes(pickle.dumps({"w": _Evil(str(marker))}, protocol=4))
+  old = tmp_path / "old.pth"  # the legacy (non-zip) serialisation, cut short
+  torch.save({"w": torch.zeros(256, 256)}, old, _use_new_zipfile_serialization=False)
+  old.write_bytes(old.read_bytes()[:4000])
+  for path in (truncated, evil, evil4, old):
+    with pytest.raises(CheckpointError, match=r"torch\.load\(weights_only=True\) could not read") as error:
+      convert.open_state_dict(path)
+    assert str(path) in str(error.value)
+  assert not marker.exists()
+  not_a_dict = tmp_path / "tensor.pt"
+  torch.save(torch.zeros(3), not_a_dict)
+  with pytest.raises(CheckpointError, match="state dict"):
+    convert.open_state_dict(not_a_dict)
+
+
+def test_integer_and_non_finite_weights_are_refused_by_key(tmp_path):
+  values = {"ints": np.arange(4, dtype=np.int32), "nans": np.array([1.0, np.nan, np.inf], np.float32),
+            "fine": np.ones(2, np.float32)}
+  files = {"safetensors": tmp_path / "w.safetensors", "npz": tmp_path / "w.npz", "pt": tmp_path / "w.pt"}
+  save_file(values, str(files["safetensors"]))
+  np.savez(files["npz"], **values)
+  torch.save({k: torch.from_numpy(v) for k, v in values.items()}, files["pt"])
+  for path in files.values():
+    state = convert.open_state_dict(path)
+    assert state.shape("ints") == (4,)  # shapes and keys need no loading
+    with pytest.raises(CheckpointError, match="ints.*int32") as error:
+      state["ints"]
+    assert str(path) in str(error.value)
+    with pytest.raises(CheckpointError, match="nans.* 2 non-finite.*--allow-nonfinite"):
+      state["nans"]
+    np.testing.assert_array_equal(state["fine"], [1, 1])
+    lenient = convert.open_state_dict(path, allow_nonfinite=True)
+    assert np.isnan(lenient["nans"][1]) and lenient["nans"].dtype == np.float32
+    with pytest.raises(CheckpointError, match="int32"):
+      lenient["ints"]
+    with pytest.raises(CheckpointError, match="ints.*int32"):
+      convert.read_state_dict(path, allow_nonfinite=True)
+    # A renamed view reads through the same checks.
+    view = lenient.without(["ints"]).mapped(lambda k: (k, lambda a: a[:1]), {})
+    assert view.shape("nans") == (1,) and view["nans"][0] == 1
+  bf16 = tmp_path / "bf16.pt"
+  torch.save({"w": torch.ones(2, dtype=torch.bfloat16)}, bf16)
+  assert convert.open_state_dict(bf16)["w"].dtype == np.float32
+
+
+@pytest.mark.parametrize("kind,key", [("fid-inception", "Conv2d_1a_3x3.conv.weight"),
+                                      ("fid-resnet3d", "conv1.weight"), ("lpips", "features.0.weight")])
+def test_convert_cli_refuses_non_finite_weights_unless_allowed(tmp_path, capsys, kind, key):
+  np.savez(tmp_path / "bad.npz", **{key: np.full((2, 2), np.nan, np.float32)})
+  np.savez(tmp_path / "lin.npz", x=np.ones(1, np.float32))
+  inputs = (["--vgg", str(tmp_path / "bad.npz"), "--lin", str(tmp_path / "lin.npz")]
+            if kind == "lpips" else ["--input", str(tmp_path / "bad.npz")])
+  args = ["convert", kind, *inputs, "--out", str(tmp_path / "out.npz")]
+  assert cli.main(args) == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f"ardiff convert: error: {tmp_path / 'bad.npz'}: {key} holds 4 non-finite")
+  assert "--allow-nonfinite" in err and len(err.strip().splitlines()) == 1
+  assert cli.main(args + ["--allow-nonfinite"]) == 1  # read; now it is the keys that do not fit
+  assert "not match" in capsys.readouterr().err
+
+
+def _titok_state():
+  state = ref.numpy_state(_official_vae(token_dim=6))
+  rng = np.random.default_rng(2)
+  state["decoder.decoder_embed.weight"] = rng.standard_normal((64, 12)).astype(np.float32)
+  state.pop("pixel_quantize_conv.weight"), state.pop("pixel_quantize_conv.bias")
+  state["quantize.embedding.weight"] = rng.standard_normal((16, 12)).astype(np.float32)
+  state["pixel_quantize.embedding.weight"] = rng.standard_normal((64, 32)).astype(np.float32)
+  return state
+
+
+@pytest.mark.parametrize("kind", ["official-dit", "official-vae", "titok-init"])
+def test_official_convert_cli_threads_allow_nonfinite(tmp_path, capsys, kind):
+  if kind == "official-dit":
+    state, key, extra = ref.numpy_state(_official_dit(0)), "diffusion_model.model.final_layer.1.bias", []
+  else:
+    state = ref.numpy_state(_official_vae()) if kind == "official-vae" else _titok_state()
+    key, extra = "encoder.conv_out.weight", ["--norm-groups", "8"]
+  state[key] = state[key].copy()
+  state[key].flat[0] = np.nan
+  save_file(state, str(tmp_path / "in.safetensors"))
+  args = ["convert", kind, "--input", str(tmp_path / "in.safetensors"), "--config",
+          "configs/synthetic.py:smoke", "--num-heads", "2", *extra]
+  assert cli.main(args + ["--output", str(tmp_path / "strict")]) == 1
+  err = capsys.readouterr().err
+  assert f"{key} holds 1 non-finite" in err and "--allow-nonfinite" in err
+  assert cli.main(args + ["--output", str(tmp_path / "lenient"), "--allow-nonfinite"]) == 0

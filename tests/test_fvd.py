@@ -115,3 +115,30 @@ def test_fid_vid_resnet3d_matches_the_pytorch_reference(tmp_path):
   assert list(segments[1, :, 0, 0, 0]) == [16, 17, 18, 19] + [19] * 12  # padded with the last frame
   with pytest.raises(CheckpointError, match="ardiff convert fid-resnet3d"):
     fid.ResNet3DFeatures(tmp_path / "absent.npz")
+
+
+@pytest.mark.parametrize("kind", ["fid-inception", "fid-resnet3d"])
+def test_fid_weights_of_another_network_are_named(tmp_path, kind):
+  from ardiffusion_jax.eval import fid
+  features = {"fid-inception": fid.InceptionFeatures, "fid-resnet3d": fid.ResNet3DFeatures}[kind]
+  lpips = tmp_path / "lpips.npz"  # the perceptual loss's weights, passed by mistake
+  np.savez(lpips, **{"conv_0/kernel": np.zeros((3, 3, 3, 64), np.float32),
+                     "conv_0/bias": np.zeros(64, np.float32)})
+  with pytest.raises(CheckpointError, match=f"ardiff convert {kind}") as error:
+    features(lpips)
+  message = str(error.value)
+  assert str(lpips) in message and "differences: " in message and " missing" in message
+  # The right keys, one of them mis-shaped.
+  import jax
+  import jax.numpy as jnp
+  from ardiffusion_jax.convert.metric_nets import NETS
+  net = NETS[kind]
+  abstract = jax.eval_shape(lambda: net.model().init(jax.random.key(0), jnp.zeros(net.example_shape)))
+  import flax
+  flat = {k: np.zeros(v.shape, np.float32) for k, v in
+          flax.traverse_util.flatten_dict(abstract, sep="/").items()}
+  first = next(iter(flat))
+  flat[first] = np.zeros(3, np.float32)
+  np.savez(tmp_path / "reshaped.npz", **flat)
+  with pytest.raises(CheckpointError, match=f"1 differences: {first} is \\(3,\\)"):
+    features(tmp_path / "reshaped.npz")

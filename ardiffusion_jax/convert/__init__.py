@@ -5,7 +5,10 @@ State dicts are read one tensor at a time (`open_state_dict`), so converting the
 """
 
 import json
+import math
 import pathlib
+import zipfile
+import zlib
 
 import flax
 import numpy as np
@@ -15,13 +18,17 @@ from ardiffusion_jax.errors import CheckpointError
 
 class StateDict:
   """A read-only, lazy view of a state dict: keys, shapes without loading, and tensors
-  as float32 numpy arrays on access. A leading `module.` (DDP) is stripped."""
+  as float32 numpy arrays on access. A leading `module.` (DDP) is stripped.
 
-  def __init__(self, path, shapes: dict, load, names: dict = None):
+  Access refuses integer or bool tensors (a float weight was expected) and, unless
+  `allow_nonfinite`, NaN or inf: either would convert silently into a broken model."""
+
+  def __init__(self, path, shapes: dict, load, names: dict = None, allow_nonfinite: bool = False):
     self.path = str(path)
     self._shapes = shapes  # key -> shape
-    self._load = load  # stored name -> numpy array
+    self._load = load  # stored name -> numpy array (its stored dtype)
     self._names = names or {key: key for key in shapes}  # key -> stored name
+    self.allow_nonfinite = allow_nonfinite
 
   def keys(self):
     return self._shapes.keys()
@@ -33,12 +40,23 @@ class StateDict:
     return tuple(self._shapes[key])
 
   def __getitem__(self, key) -> np.ndarray:
-    return np.asarray(self._load(self._names[key]), np.float32)
+    value = np.asarray(self._load(self._names[key]))
+    if value.dtype.kind != "f":
+      raise CheckpointError(f"{self.path}: {key} is stored as {value.dtype}, not a floating-point "
+                            "type; is this the right weights file?")
+    value = value.astype(np.float32, copy=False)
+    bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+    if bad and not self.allow_nonfinite:
+      raise CheckpointError(f"{self.path}: {key} holds {bad} non-finite values (NaN or inf) of "
+                            f"{value.size}; the file is damaged or its training diverged (pass "
+                            "--allow-nonfinite to convert it anyway)")
+    return value
 
   def without(self, keys) -> "StateDict":
     drop = set(keys)
     keep = {k: v for k, v in self._shapes.items() if k not in drop}
-    return StateDict(self.path, keep, self._load, {k: self._names[k] for k in keep})
+    return StateDict(self.path, keep, self._load, {k: self._names[k] for k in keep},
+                     self.allow_nonfinite)
 
   def mapped(self, mapping, extra: dict) -> "StateDict":
     """A renamed/transformed view: mapping(key) -> (new key or None to drop, fn or None);
@@ -58,25 +76,84 @@ class StateDict:
       key, fn = sources[new]
       value = self[key] if key is not None else None
       return value if fn is None else fn(value)
-    return StateDict(self.path, shapes, load)
+    return StateDict(self.path, shapes, load, allow_nonfinite=self.allow_nonfinite)
 
 
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16",
                       "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
+GIT_LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def _safetensors_header(path) -> tuple:
+  """(header without __metadata__, data start), every entry checked against the file size,
+  so a truncated download or a git-LFS pointer is named here, not as a reshape error."""
+  size = path.stat().st_size
+  with open(path, "rb") as f:
+    head = f.read(len(GIT_LFS_POINTER))
+    if head == GIT_LFS_POINTER:
+      raise CheckpointError(f"{path} is a git-LFS pointer, not the weights: run `git lfs pull` in "
+                            "its repository, or download the real file")
+    if size < 8:
+      raise CheckpointError(f"{path} is truncated ({size} bytes, shorter than a safetensors "
+                            "header); download it again")
+    f.seek(0)
+    length = int.from_bytes(f.read(8), "little")
+    if length > size - 8:
+      raise CheckpointError(f"{path} is truncated or not a safetensors file: its header claims "
+                            f"{length} bytes, the file has {size}; download it again")
+    try:
+      header = json.loads(f.read(length))
+    except ValueError as error:
+      raise CheckpointError(f"{path} is not a safetensors file (bad header)") from error
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{path} is not a safetensors file: its header is a JSON "
+                          f"{type(header).__name__}, not an object of tensors")
+  header.pop("__metadata__", None)
+  start = 8 + length
+  for name, entry in header.items():
+    problem = _entry_problem(entry)
+    if problem:
+      raise CheckpointError(f"{path} is not a valid safetensors file: tensor {name!r} {problem}")
+    begin, end = entry["data_offsets"]
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    if dtype is not None:
+      itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+      expected = math.prod(entry["shape"]) * itemsize
+      if end - begin != expected:
+        raise CheckpointError(f"{path} is not a valid safetensors file: tensor {name!r} has "
+                              f"data_offsets [{begin}, {end}] ({end - begin} bytes), but shape "
+                              f"{entry['shape']} of {entry['dtype']} needs {expected}")
+    if start + end > size:
+      raise CheckpointError(f"{path} is truncated: tensor {name!r} ends at byte {start + end}, "
+                            f"the file has {size}; download it again")
+  return header, start
+
+
+def _entry_problem(entry):
+  """Why a header entry is unusable, or None."""
+  def ints(value, count=None):
+    return (isinstance(value, list) and (count is None or len(value) == count)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
+  if not isinstance(entry, dict):
+    return "is not an object with dtype, shape and data_offsets"
+  for field in ("dtype", "shape", "data_offsets"):
+    if field not in entry:
+      return f"has no {field}"
+  if not isinstance(entry["dtype"], str):
+    return f"has dtype {entry['dtype']!r}, not a name such as 'F32'"
+  if not ints(entry["shape"]):
+    return f"has shape {entry['shape']!r}, not a list of sizes"
+  if not ints(entry["data_offsets"], 2) or entry["data_offsets"][0] > entry["data_offsets"][1]:
+    return f"has data_offsets {entry['data_offsets']!r}, not [begin, end]"
+  return None
 
 
 def _read_safetensors(path):
   """(shapes, load) for a .safetensors file. Tensors are read with plain file reads, not
   a memory map, so pages already converted do not stay resident."""
   import ml_dtypes
-  with open(path, "rb") as f:
-    length = int.from_bytes(f.read(8), "little")
-    try:
-      header = json.loads(f.read(length))
-    except ValueError as error:
-      raise CheckpointError(f"{path} is not a safetensors file (bad header)") from error
-  header.pop("__metadata__", None)
-  start = 8 + length
+  path = pathlib.Path(path)
+  header, start = _safetensors_header(path)
   shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
 
   def load(name):
@@ -84,18 +161,94 @@ def _read_safetensors(path):
     dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
     if dtype is None:
       raise CheckpointError(f"{path}: {name} has unsupported dtype {entry['dtype']}")
-    dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
     begin, end = entry["data_offsets"]
     with open(path, "rb") as f:
       f.seek(start + begin)
-      data = np.frombuffer(f.read(end - begin), dtype)
-    return data.reshape(shapes[name])
+      data = f.read(end - begin)
+    if len(data) != end - begin:
+      raise CheckpointError(f"{path} is truncated: tensor {name!r} could not be read; download it again")
+    if dtype == "bfloat16":  # a floating type numpy does not know: widen it here
+      return np.frombuffer(data, ml_dtypes.bfloat16).astype(np.float32).reshape(shapes[name])
+    return np.frombuffer(data, dtype).reshape(shapes[name])
   return shapes, load
 
 
-def open_state_dict(path) -> StateDict:
+def _open_npz(path):
+  """np.load of an .npz, never unpickling; a file that is not one is named."""
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+    raise CheckpointError(f"{path} is not a readable .npz archive (truncated, or another kind "
+                          f"of file; only plain arrays are read, nothing is unpickled): {error}") from error
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise CheckpointError(f"{path} holds a single .npy array, not an .npz archive of named arrays")
+  return data
+
+
+def _npz_array(data, path, name) -> np.ndarray:
+  try:
+    return data[name]
+  except ValueError as error:
+    if "allow_pickle" in str(error):
+      raise CheckpointError(f"{path} holds pickled object arrays, which are not loaded for "
+                            f"safety ({name!r}); save plain numeric arrays instead") from error
+    raise CheckpointError(f"{path}: {name!r} cannot be read ({error}); the .npz is damaged") from error
+  except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+    raise CheckpointError(f"{path}: {name!r} cannot be read ({error}); the .npz is truncated "
+                          "or damaged") from error
+
+
+def _torch_array(tensor) -> np.ndarray:
+  """A tensor as numpy in its own dtype (so integer tensors stay visible); floating types
+  numpy lacks (bfloat16, float8) are widened to float32."""
+  import torch
+  if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+    tensor = tensor.float()
+  return tensor.numpy()
+
+
+def _torch_reason(error) -> str:
+  """torch's own reason in one line, without its advice to load with weights_only=False."""
+  text = str(error)
+  if "WeightsUnpickler error:" in text:
+    text = text.split("WeightsUnpickler error:", 1)[1]
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  reason = lines[0].split(" Please use", 1)[0] if lines else type(error).__name__
+  return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def _read_torch(path):
+  """(state dict, stored names, shapes) via torch.load(weights_only=True): no code from the
+  pickle runs, and a file torch cannot read is named."""
+  try:
+    import torch
+  except ImportError as error:
+    raise CheckpointError(f"reading {path} needs PyTorch: pip install 'ardiffusion_jax[convert]' "
+                          "(CPU is enough), or convert the file to .safetensors") from error
+  try:
+    try:
+      state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # old (non-zip) serialisation cannot be memory-mapped
+      state = torch.load(str(path), map_location="cpu", weights_only=True)
+  except Exception as error:  # UnpicklingError, EOFError, RuntimeError, ...: all the file's fault
+    raise CheckpointError(f"{path}: torch.load(weights_only=True) could not read it (a truncated "
+                          f"download, or not a PyTorch state dict; nothing in it was run): "
+                          f"{_torch_reason(error)}") from error
+  if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+    state = state["state_dict"]
+  if not isinstance(state, dict):
+    raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors")
+  for name, value in state.items():
+    if not isinstance(value, torch.Tensor):
+      raise CheckpointError(f"{path}: {name!r} is a {type(value).__name__}, not a tensor; is this "
+                            "a state dict?")
+  return state
+
+
+def open_state_dict(path, allow_nonfinite: bool = False) -> StateDict:
   """.safetensors, .npz, or .pth/.pt/.bin (needs torch; loaded with
-  mmap where the file allows). A `state_dict` entry (Lightning) is unwrapped."""
+  mmap where the file allows). A `state_dict` entry (Lightning) is unwrapped.
+  `allow_nonfinite` lets NaN/inf tensors through (see `StateDict`)."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise CheckpointError(f"{path} not found")
@@ -103,36 +256,28 @@ def open_state_dict(path) -> StateDict:
     shapes, load = _read_safetensors(path)
     stored = list(shapes)
   elif path.suffix == ".npz":
-    data = np.load(path)
+    data = _open_npz(path)
     stored = list(data.files)
-    shapes = {name: data[name].shape for name in stored}
-    load = data.__getitem__
+    shapes = {name: _npz_array(data, path, name).shape for name in stored}
+    load = lambda name: _npz_array(data, path, name)
   else:
-    try:
-      import torch
-    except ImportError as error:
-      raise CheckpointError(f"reading {path} needs PyTorch: pip install 'ardiffusion_jax[convert]' "
-                            "(CPU is enough), or convert the file to .safetensors") from error
-    try:
-      state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # old (non-zip) serialisation cannot be memory-mapped
-      state = torch.load(str(path), map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    state = _read_torch(path)
     stored = list(state)
     shapes = {name: tuple(state[name].shape) for name in stored}
-    load = lambda name: state[name].float().numpy()
+    load = lambda name: _torch_array(state[name])
   names = {}
   for name in stored:
     key = name.removeprefix("module.")
     if key in names:
       raise CheckpointError(f"{path} holds both {key!r} and 'module.{key}'")
     names[key] = name
-  return StateDict(path, {key: shapes[name] for key, name in names.items()}, load, names)
+  return StateDict(path, {key: shapes[name] for key, name in names.items()}, load, names,
+                   allow_nonfinite)
 
 
-def read_state_dict(path) -> dict:
+def read_state_dict(path, allow_nonfinite: bool = False) -> dict:
   """A whole state dict as float32 numpy arrays (small files such as LPIPS)."""
-  state = open_state_dict(path)
+  state = open_state_dict(path, allow_nonfinite)
   return {key: state[key] for key in state.keys()}
 
 
@@ -204,5 +349,9 @@ def load_variables(path, missing_message: str) -> dict:
   """Variables from an .npz `save_variables` wrote; `missing_message` when absent."""
   if not pathlib.Path(path).is_file():
     raise CheckpointError(missing_message)
-  with np.load(path) as data:
-    return flax.traverse_util.unflatten_dict({k: data[k] for k in data.files}, sep="/")
+  with _open_npz(path) as data:
+    flat = {k: _npz_array(data, path, k) for k in data.files}
+  try:
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
+  except (TypeError, ValueError, KeyError, IndexError) as error:  # e.g. both 'a' and 'a/b'
+    raise CheckpointError(f"{path} is not a '/'-keyed variables file: {error}") from error

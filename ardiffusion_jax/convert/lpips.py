@@ -48,8 +48,9 @@ def save_lpips_params(path, params: dict):
   np.savez(path, **flat)
 
 
-def convert_lpips(vgg_path, lin_path, out_path) -> dict:
+def convert_lpips(vgg_path, lin_path, out_path, allow_nonfinite: bool = False) -> dict:
   """Reads both files, checks every key and shape, writes `out_path` (.npz)."""
-  params = params_from_torch_state(read_state_dict(vgg_path), read_state_dict(lin_path))
+  params = params_from_torch_state(read_state_dict(vgg_path, allow_nonfinite),
+                                   read_state_dict(lin_path, allow_nonfinite))
   save_lpips_params(out_path, params)
   return params

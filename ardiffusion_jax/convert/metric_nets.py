@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ardiffusion_jax.convert import conv_bn_variables, load_variables, open_state_dict, save_variables
+from ardiffusion_jax.errors import CheckpointError
 from ardiffusion_jax.models.inception import FIDInceptionV3
 from ardiffusion_jax.models.resnet3d import ResNet3D50
 
@@ -49,16 +50,28 @@ NETS = {
 }
 
 
-def convert_metric_net(kind: str, input_path, out_path) -> dict:
+def _abstract_variables(net: MetricNet) -> dict:
+  return jax.eval_shape(lambda: net.model().init(jax.random.key(0), jnp.zeros(net.example_shape)))
+
+
+def convert_metric_net(kind: str, input_path, out_path, allow_nonfinite: bool = False) -> dict:
   net = NETS[kind]
-  abstract = jax.eval_shape(lambda: net.model().init(jax.random.key(0), jnp.zeros(net.example_shape)))
-  variables = conv_bn_variables(open_state_dict(input_path), abstract, net.module_key,
-                                ignored=("fc.weight", "fc.bias"))
+  variables = conv_bn_variables(open_state_dict(input_path, allow_nonfinite), _abstract_variables(net),
+                                net.module_key, ignored=("fc.weight", "fc.bias"))
   save_variables(out_path, variables)
   return variables
 
 
 def load_metric_net(kind: str, path) -> dict:
-  """The .npz `convert_metric_net` wrote; a missing file names what to supply."""
+  """The .npz `convert_metric_net` wrote; a missing file, or one that holds another
+  network's weights (keys or shapes differ from the net's), names what to supply."""
   net = NETS[kind]
-  return load_variables(path, f"{net.metric} needs the weights {path}: " + net.source.format(path=path))
+  variables = load_variables(path, f"{net.metric} needs the weights {path}: "
+                             + net.source.format(path=path))
+  from ardiffusion_jax.train.checkpoint import tree_differences
+  problems = tree_differences(variables, _abstract_variables(net))
+  if problems:
+    raise CheckpointError(f"{path} does not hold {net.metric}'s {net.model.__name__} weights "
+                          f"({len(problems)} differences: {'; '.join(problems[:4])}"
+                          f"{'; ...' if len(problems) > 4 else ''}); " + net.source.format(path=path))
+  return variables

@@ -301,10 +301,10 @@ def _check_buffers(state, config, model):
   return set(expected)
 
 
-def convert_official_dit(input_path, output, config, allow_missing=False):
+def convert_official_dit(input_path, output, config, allow_missing=False, allow_nonfinite=False):
   """Reads the official DiT state dict, writes an orbax checkpoint of the `official`
   variant (its weights are the EMA ones, spec §4.2). Returns (config, missing keys)."""
-  state = open_state_dict(input_path)
+  state = open_state_dict(input_path, allow_nonfinite)
   config = dit_config_from_state(state, config)
   model = dit.dit_from_config(config.dit)
   example = (jnp.zeros((1, model.num_frames, model.tokens_per_frame, model.in_channels)),
@@ -428,10 +428,11 @@ def convert_state_to_vae(state, output, config, allow_missing=False):
   return config, missing
 
 
-def convert_official_vae(input_path, output, config, allow_missing=False):
+def convert_official_vae(input_path, output, config, allow_missing=False, allow_nonfinite=False):
   """TiTok_KL or TiTok_KL_wT (temporal-causal decoder) -> the `official` AR-VAE.
   Returns (config, missing keys)."""
-  return convert_state_to_vae(open_state_dict(input_path), output, config, allow_missing)
+  return convert_state_to_vae(open_state_dict(input_path, allow_nonfinite), output, config,
+                              allow_missing)
 
 
 def titok_to_arvae_state(state):
@@ -462,7 +463,7 @@ def titok_to_arvae_state(state):
   return state.mapped(mapping, extra)
 
 
-def convert_titok_init(input_path, output, config, allow_missing=False):
+def convert_titok_init(input_path, output, config, allow_missing=False, allow_nonfinite=False):
   """TiTok-L-32 weights -> an AR-VAE initialisation (`vae_train.init_from`)."""
-  return convert_state_to_vae(titok_to_arvae_state(open_state_dict(input_path)), output, config,
-                              allow_missing)
+  state = open_state_dict(input_path, allow_nonfinite)
+  return convert_state_to_vae(titok_to_arvae_state(state), output, config, allow_missing)

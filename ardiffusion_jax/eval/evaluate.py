@@ -26,11 +26,28 @@ METRICS = (*FVD_FRAMES, *CLIP_METRICS)
 
 
 def check_metrics(metrics, data_name: str):
+  if not metrics:
+    raise ConfigError("--metrics", f"names no metric; expected some of {', '.join(METRICS)}")
   for metric in metrics:
     if metric not in METRICS:
       raise ConfigError("--metrics", f"unknown metric {metric!r}; expected some of {METRICS}")
   if "physics" in metrics and data_name != "synthetic":
     raise ConfigError("--metrics", "physics scores the synthetic bouncing balls only")
+
+
+def check_s_values(s_values, num_steps=None):
+  """Timestep differences s in [0, S]: negative ones before anything is loaded, the top
+  once the DiT's sampling steps S (`num_steps`) are known."""
+  if not s_values:
+    raise ConfigError("--s", "names no timestep difference")
+  negative = [s for s in s_values if s < 0]
+  if negative:
+    raise ConfigError("--s", "timestep differences must be >= 0 (and <= S, the DiT's sampling "
+                             f"steps), got {', '.join(map(str, negative))}")
+  too_big = [s for s in s_values if num_steps is not None and s > num_steps]
+  if too_big:
+    raise ConfigError("--s", f"timestep differences must be in [0, S={num_steps}] (S: the DiT "
+                             f"run's diffusion.sampling_steps), got {', '.join(map(str, too_big))}")
 
 
 def real_clips(data, num_frames: int, num: int) -> np.ndarray:
@@ -51,7 +68,9 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
              seed: int = 0, fid_weights=None, fid_vid_weights=None) -> dict:
   """Scores the DiT run `ckpt` at each s; writes `eval.json` and `eval.md` into `out`."""
   check_metrics(metrics, config.data.name)
+  check_s_values(s_values)
   generator = generate.Generator.from_checkpoint(ckpt, vae_ckpt=vae_ckpt)
+  check_s_values(s_values, generator.grid.num_steps)  # before any clip is made or sampled
   if generator.vae is None:
     raise ConfigError("--vae-ckpt", "evaluation decodes the samples: name the AR-VAE run")
   resolution = generator.resolution
