@@ -24,7 +24,7 @@ from ardiffusion_jax.train.logging import MetricWriter, read_metrics
 def _write_lock(workdir, **fields):
   holder = {"host": socket.gethostname(), "pid": os.getpid(),
             "process_start": lock_lib._process_start(os.getpid()), "started": time.time(),
-            "heartbeat": time.time(), "token": "0123456789abcdef", **fields}
+            "heartbeat": time.time(), "token": 12345, **fields}
   (workdir / lock_lib.LOCK_NAME).write_text(json.dumps(holder))
   return holder
 
@@ -66,7 +66,7 @@ def test_a_stale_lock_is_taken_over_and_said_so(tmp_path, caplog, fields, reason
 
 def test_release_leaves_a_lock_that_is_not_ours(tmp_path):
   lock = lock_lib.WorkdirLock(tmp_path).acquire()
-  theirs = _write_lock(tmp_path, token="feedfacefeedface")
+  theirs = _write_lock(tmp_path, token=54321)
   lock.release()
   assert json.loads((tmp_path / lock_lib.LOCK_NAME).read_text()) == theirs
 

@@ -70,7 +70,7 @@ class WorkdirLock:
       return json.loads(self.path.read_text())
     except FileNotFoundError:
       return None
-    except ValueError:  # cannot happen with our atomic writes; treat as someone's lock
+    except ValueError:  # our writes are atomic, so this is no run's lock: stale
       return {"host": "?", "pid": -1, "started": self.path.stat().mtime, "heartbeat": 0}
 
   def _record(self) -> dict:
@@ -81,7 +81,7 @@ class WorkdirLock:
 
   def _write_new(self, record) -> bool:
     """Creates the lock file holding `record`; False if it already exists."""
-    partial = self.path.parent / f"{LOCK_NAME}.{record['token']}.partial"
+    partial = self.path.parent / f"{LOCK_NAME}.{record['token']:08x}.partial"
     partial.write_text(json.dumps(record))
     local = not str(self.path).startswith(("gs://", "s3://"))
     try:
@@ -114,7 +114,8 @@ class WorkdirLock:
     return None
 
   def _take(self):
-    self.token = secrets.token_hex(8)
+    # An int32, so that process 0 can broadcast it (jax without x64).
+    self.token = 1 + secrets.randbelow(2**31 - 2)
     for _ in range(3):
       record = self._record()
       if self._write_new(record):
@@ -130,10 +131,10 @@ class WorkdirLock:
                             f"another --workdir")
       # Renaming away the stale lock is atomic: of two runs taking over, one wins.
       try:
-        self.path.rename(self.path.parent / f"{LOCK_NAME}.stale-{record['token']}")
+        self.path.rename(self.path.parent / f"{LOCK_NAME}.stale-{self.token:08x}")
       except FileNotFoundError:
         continue
-      (self.path.parent / f"{LOCK_NAME}.stale-{record['token']}").unlink()
+      (self.path.parent / f"{LOCK_NAME}.stale-{self.token:08x}").unlink()
       log.warning("taking over the lock of %s: %s (%s)", self.path.parent, reason,
                   describe(holder))
     raise WorkdirLocked(f"could not take the lock {self.path}: other runs keep taking it")
@@ -149,12 +150,12 @@ class WorkdirLock:
       except WorkdirLocked as failure:
         error = failure
     if jax.process_count() > 1:
-      token = int(self.token, 16) if error is None else -1
-      token = int(multihost_utils.broadcast_one_to_all(np.array(token, np.int64)))
+      token = self.token if error is None else -1
+      token = int(multihost_utils.broadcast_one_to_all(np.array(token, np.int32)))
       if token < 0 and error is None:
         error = WorkdirLocked(f"process 0 could not take the lock {self.path} (see its error)")
       elif token >= 0 and jax.process_index() != 0:
-        self.token = f"{token:016x}"
+        self.token = token
         holder = self._read()
         if holder is None or holder.get("token") != self.token:
           error = WorkdirLocked(f"{self.path} is not the lock process 0 took: is the workdir "
@@ -177,7 +178,7 @@ class WorkdirLock:
       raise WorkdirLocked(f"the lock {self.path} was taken by another run "
                           f"({describe(holder or {})}) while this one held it")
     holder["heartbeat"] = now
-    partial = self.path.parent / f"{LOCK_NAME}.{self.token}.beat"
+    partial = self.path.parent / f"{LOCK_NAME}.{self.token:08x}.beat"
     partial.write_text(json.dumps(holder))
     partial.rename(self.path)
     self._last_beat = now
