@@ -123,8 +123,7 @@ class Checkpointer:
         where = f"left in place ({_one_line(failure, 80)})"
     log.warning("checkpoint step %d in %s is unreadable, skipped (%s); %s", step,
                 self.directory, reason, where)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"ardiff_checkpoint_skip_{step}")
+    _every_process(True)  # a barrier: process 0 has moved the step before anyone reloads
     self.manager.reload()
 
   def _state_metadata(self, step):

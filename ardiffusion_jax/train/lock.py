@@ -114,7 +114,7 @@ class WorkdirLock:
     return None
 
   def _take(self):
-    # An int32, so that process 0 can broadcast it (jax without x64).
+    # An int32, so that process 0 can share it with the others (jax without x64).
     self.token = 1 + secrets.randbelow(2**31 - 2)
     for _ in range(3):
       record = self._record()
@@ -150,8 +150,8 @@ class WorkdirLock:
       except WorkdirLocked as failure:
         error = failure
     if jax.process_count() > 1:
-      token = self.token if error is None else -1
-      token = int(multihost_utils.broadcast_one_to_all(np.array(token, np.int32)))
+      mine = self.token if jax.process_index() == 0 and error is None else -1
+      token = int(np.asarray(multihost_utils.process_allgather(np.array(mine, np.int32)))[0])
       if token < 0 and error is None:
         error = WorkdirLocked(f"process 0 could not take the lock {self.path} (see its error)")
       elif token >= 0 and jax.process_index() != 0:
