@@ -64,6 +64,21 @@ def test_a_stale_lock_is_taken_over_and_said_so(tmp_path, caplog, fields, reason
   assert not (tmp_path / lock_lib.LOCK_NAME).exists()
 
 
+def test_the_heartbeat_refreshes_the_lock_and_notices_a_thief(tmp_path, monkeypatch):
+  lock = lock_lib.WorkdirLock(tmp_path).acquire()
+  first = json.loads((tmp_path / lock_lib.LOCK_NAME).read_text())
+  lock.heartbeat()  # too soon: nothing written
+  assert json.loads((tmp_path / lock_lib.LOCK_NAME).read_text()) == first
+  monkeypatch.setattr(lock_lib, "HEARTBEAT_SECONDS", 0.0)
+  lock.heartbeat()
+  beaten = json.loads((tmp_path / lock_lib.LOCK_NAME).read_text())
+  assert beaten["heartbeat"] > first["heartbeat"] and beaten["token"] == lock.token
+  assert sorted(p.name for p in tmp_path.iterdir()) == [lock_lib.LOCK_NAME]
+  _write_lock(tmp_path, token=54321)
+  with pytest.raises(WorkdirLocked, match="was taken by another run"):
+    lock.heartbeat()
+
+
 def test_release_leaves_a_lock_that_is_not_ours(tmp_path):
   lock = lock_lib.WorkdirLock(tmp_path).acquire()
   theirs = _write_lock(tmp_path, token=54321)

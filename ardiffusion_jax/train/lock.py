@@ -180,7 +180,7 @@ class WorkdirLock:
     holder["heartbeat"] = now
     partial = self.path.parent / f"{LOCK_NAME}.{self.token:08x}.beat"
     partial.write_text(json.dumps(holder))
-    partial.rename(self.path)
+    partial.replace(self.path)  # atomic, over the old lock
     self._last_beat = now
 
   def release(self):
