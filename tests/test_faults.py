@@ -12,7 +12,6 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import pytest
 
 from ardiffusion_jax.errors import CheckpointError, WorkdirLocked
