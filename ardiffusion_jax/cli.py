@@ -194,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--s", type=int, default=0, help="timestep difference, 0..S (default 0)")
   sample.add_argument("--num", type=int, default=4, help="number of videos (default 4)")
   sample.add_argument("--label", type=int, help="class label (class-conditional models)")
-  sample.add_argument("--cfg", type=float, default=1.0, help="guidance scale (default 1: off)")
+  sample.add_argument("--cfg", type=float, default=1.0,
+                      help="guidance scale (default 1: off); official unconditional models "
+                           "guide against zero context tokens, as the authors do (w = 2)")
   sample.add_argument("--context", help="continue this video (mp4/avi, encoded by the VAE) "
                                         "or latents.npz")
   sample.add_argument("--context-frames", type=int,
@@ -233,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--s", default="0,5,10", help="comma-separated timestep differences, "
                         "each 0..S (the DiT's sampling steps)")
   evaluate.add_argument("--num", type=int, default=2048, help="clips per set (default 2048)")
+  evaluate.add_argument("--cfg", type=float, default=1.0,
+                        help="guidance scale (default 1: off; the authors use 2 for their "
+                             "unconditional models)")
   evaluate.add_argument("--batch-size", type=int, default=8)
   evaluate.add_argument("--seed", type=int, default=0)
   evaluate.add_argument("--out", required=True, help="output folder")
@@ -252,7 +257,8 @@ def _eval(args) -> int:
   metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
   report = evaluate.evaluate(config, args.ckpt, args.out, metrics, s_values, args.num,
                              vae_ckpt=args.vae_ckpt, batch_size=args.batch_size, seed=args.seed,
-                             fid_weights=args.fid_weights, fid_vid_weights=args.fid_vid_weights)
+                             fid_weights=args.fid_weights, fid_vid_weights=args.fid_vid_weights,
+                             cfg_scale=args.cfg)
   print(evaluate.markdown(report))
   return 0
 

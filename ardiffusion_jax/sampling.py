@@ -203,6 +203,17 @@ def _read(cache: KVCache, frame, tokens: int):
   return kv, cache.frames[slot, None]
 
 
+def check_guidance(model, cfg_scale: float):
+  """Raises ValueError unless `model` can sample at guidance scale `cfg_scale`."""
+  if not cfg_scale >= 0:  # also NaN
+    raise ValueError(f"the guidance scale must be a number >= 0, got {cfg_scale}")
+  if cfg_scale != 1.0 and model.null_label is None:
+    raise ValueError("classifier-free guidance (cfg_scale != 1) needs a condition to guide "
+                     "against: this clean unconditional DiT was trained with none (no null "
+                     "label, no context tokens), so its guided and unguided predictions "
+                     "would be the same; use cfg 1, or train with dit.num_classes > 0")
+
+
 def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
                  context_frames: int = 0, mode: str = "cached", cfg_scale: float = 1.0,
                  eta: float = 0.0, progress: Optional[Callable[[int], None]] = None):
@@ -215,9 +226,7 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
   class for conditional models. `progress(row)` is called from the device each row
   (e.g. a tqdm update); leave it None inside benchmarks.
   """
-  if cfg_scale != 1.0 and not model.num_classes:
-    raise ValueError("classifier-free guidance (cfg_scale != 1) needs a class-conditional "
-                     "model; this DiT has num_classes = 0")
+  check_guidance(model, cfg_scale)
   if eta < 0:
     raise ValueError(f"eta must be >= 0, got {eta}")
   plan = make_plan(model, grid, num_frames, s, context_frames, mode)
@@ -229,7 +238,7 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
       raise ValueError(f"the plan has {context_frames} context frames but context is "
                        f"{'missing' if context is None else 'given'}")
     if label is None:
-      label = jnp.full((batch_size,), model.null_label, jnp.int32)
+      label = jnp.full((batch_size,), model.default_label, jnp.int32)
     predict = _denoiser(*dit.unrolled(model, variables), label, cfg_scale,
                         plan.attention_window)
     cache_batch = batch_size * (2 if cfg_scale != 1.0 else 1)

@@ -124,6 +124,23 @@ def test_eval_refuses_s_outside_the_dits_steps(dit_run, tmp_path, capsys, s_valu
   assert not (tmp_path / "out").exists()
 
 
+def test_guidance_scales_are_checked_before_sampling(dit_run, tmp_path, capsys):
+  import numpy as np
+  from ardiffusion_jax import config as config_lib, convert
+  eval_args = ["eval", "--config", "configs/synthetic.py:smoke", "--s=0",
+               "--out", str(tmp_path / "out")]
+  assert cli.main(eval_args + ["--ckpt", str(dit_run), "--cfg=-1"]) == 1
+  assert "config.--cfg: the guidance scale must be a number >= 0" in capsys.readouterr().err
+  # A clean unconditional DiT has no null condition: refused, saying why.
+  config = config_lib.load_config("configs/synthetic.py:smoke",
+                                  ["dit.num_classes=0", "dit.variant='clean'"])
+  unconditional = tmp_path / "unconditional"
+  convert.write_model_checkpoint(unconditional, config, {"ema_params": {"w": np.zeros(2, np.float32)}})
+  assert cli.main(eval_args + ["--ckpt", str(unconditional), "--cfg=2"]) == 1
+  assert "clean unconditional DiT was trained with none" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+
+
 def test_eval_refuses_an_empty_metric_list(tmp_path, capsys):
   assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(tmp_path),
                    "--out", str(tmp_path / "out"), "--metrics", " , "]) == 1

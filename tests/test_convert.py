@@ -212,7 +212,14 @@ def test_sample_cli_runs_converted_official_checkpoints(tmp_path):
                    "--frames", str(FRAMES), "--s", "1", "--steps", "4", "--num", "1",
                    "--out", str(out)]) == 0
   assert read_video(out / "sample_000.mp4").shape == (FRAMES, 32, 32, 3)
-  assert np.load(out / "latents.npz")["latents"].shape == (1, FRAMES, TOKENS, 4)
+  unguided = np.load(out / "latents.npz")["latents"]
+  assert unguided.shape == (1, FRAMES, TOKENS, 4)
+  # The authors' setting for their unconditional models: guidance 2 against zero context.
+  assert cli.main(["sample", "--ckpt", str(tmp_path / "dit"), "--vae-ckpt", str(tmp_path / "vae"),
+                   "--frames", str(FRAMES), "--s", "1", "--steps", "4", "--num", "1",
+                   "--cfg", "2", "--out", str(tmp_path / "guided")]) == 0
+  guided = np.load(tmp_path / "guided" / "latents.npz")["latents"]
+  assert np.all(np.isfinite(guided)) and np.abs(guided - unguided).max() > 1e-4
 
 
 # ------------------------------------------------------------ unreadable weight files

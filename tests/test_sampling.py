@@ -161,8 +161,38 @@ def test_official_invalid_long_video_settings_name_the_constraint():
     sampling.make_plan(model, grid, num_frames=32, s=0, mode="full")
   with pytest.raises(ValueError, match="strictly causal"):
     sampling.make_plan(model, grid, num_frames=16, s=5, mode="cached")
-  with pytest.raises(ValueError, match="class-conditional"):
-    sampling.make_sampler(model, grid, num_frames=16, s=5, mode="full", cfg_scale=2.0)
+  for scale in (-0.5, float("nan")):
+    with pytest.raises(ValueError, match="guidance scale must be a number >= 0"):
+      sampling.make_sampler(model, grid, num_frames=16, s=5, mode="full", cfg_scale=scale)
+
+
+def test_clean_unconditional_refuses_guidance_and_says_why():
+  with pytest.raises(ValueError, match="clean unconditional DiT was trained with none"):
+    sampling.make_sampler(_model(), _grid(), num_frames=4, s=1, cfg_scale=2.0)
+
+
+@pytest.mark.parametrize("num_frames", [4, 10])  # 10: the sliding window of a 4-frame model
+def test_official_unconditional_guides_against_zero_context_tokens(num_frames):
+  """The authors' CFG for unconditional models: the null branch sees all-zeros context
+  tokens (through c_embedder). At w = 0 only that branch is left, so the guided sampler
+  equals the unguided one on a model whose context_emb is zero."""
+  model = _model("official", num_frames=4)
+  variables = _variables(model)
+  grid = _grid("official", 4)
+  zeroed = dict(variables, constants={"context_emb": jnp.zeros_like(
+      variables["constants"]["context_emb"])})
+  x = jax.random.normal(jax.random.key(3), (2, 4, TOKENS, 4))
+  t = jnp.array([[1, 200, 400, 999], [0, 0, 500, 700]])
+  null = jnp.full((2,), model.null_label)
+  np.testing.assert_array_equal(np.asarray(model.apply(variables, x, t, null)),
+                                np.asarray(model.apply(zeroed, x, t)))
+  kwargs = dict(num_frames=num_frames, s=2, mode="full", grid=grid)
+  _, unguided = _sample(model, variables, **kwargs)
+  _, null_only = _sample(model, variables, cfg_scale=0.0, **kwargs)
+  _, zero_context = _sample(model, zeroed, **kwargs)
+  np.testing.assert_allclose(null_only, zero_context, atol=1e-5, rtol=0)
+  _, guided = _sample(model, variables, cfg_scale=2.0, **kwargs)
+  assert np.all(np.isfinite(guided)) and np.abs(guided - unguided).max() > 1e-3
 
 
 def test_official_full_mode_runs_a_long_video_in_its_window():

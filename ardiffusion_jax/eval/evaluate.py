@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import tqdm
 
-from ardiffusion_jax import generate
+from ardiffusion_jax import generate, sampling
 from ardiffusion_jax.data import datasets
 from ardiffusion_jax.errors import ConfigError
 from ardiffusion_jax.eval import fid as fid_lib
@@ -65,12 +65,17 @@ def real_clips(data, num_frames: int, num: int) -> np.ndarray:
 
 
 def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batch_size: int = 8,
-             seed: int = 0, fid_weights=None, fid_vid_weights=None) -> dict:
-  """Scores the DiT run `ckpt` at each s; writes `eval.json` and `eval.md` into `out`."""
+             seed: int = 0, fid_weights=None, fid_vid_weights=None, cfg_scale: float = 1.0) -> dict:
+  """Scores the DiT run `ckpt` at each s (with guidance scale `cfg_scale`); writes
+  `eval.json` and `eval.md` into `out`."""
   check_metrics(metrics, config.data.name)
   check_s_values(s_values)
   generator = generate.Generator.from_checkpoint(ckpt, vae_ckpt=vae_ckpt)
   check_s_values(s_values, generator.grid.num_steps)  # before any clip is made or sampled
+  try:
+    sampling.check_guidance(generator.model, cfg_scale)
+  except ValueError as error:
+    raise ConfigError("--cfg", str(error)) from error
   if generator.vae is None:
     raise ConfigError("--vae-ckpt", "evaluation decodes the samples: name the AR-VAE run")
   resolution = generator.resolution
@@ -94,7 +99,8 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
   for s in s_values:
     row = {}
     for frames in lengths:
-      latents, timing = generator.sample_latents(num, frames, s, batch_size=batch_size, seed=seed)
+      latents, timing = generator.sample_latents(num, frames, s, batch_size=batch_size,
+                                                 seed=seed, cfg_scale=cfg_scale)
       videos = np.concatenate([generator.decode(latents[i:i + batch_size])
                                for i in tqdm.trange(0, num, batch_size, desc=f"decode s={s}")])
       row[f"seconds_per_video_{frames}f"] = timing["seconds_per_video"]
@@ -108,6 +114,7 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
           row[metric] = fvd_lib.fvd(real_fid[metric], net(videos))
     results[s] = row
   report = {"ckpt": str(ckpt), "metrics": list(metrics), "num_clips": num, "seed": seed,
+            "cfg_scale": cfg_scale,
             "dataset": config.data.name, "resolution": resolution, "results": results}
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ flag so ablations can isolate it (design §2):
 | position | `sincos_1d` over frame·L + token | `rope`: temporal RoPE + sin-cos over L |
 | final_modulation | False: LN + Linear | True: adaLN final layer |
 | class conditioning | fixed `class_emb` rows as context | trained embedding + null row, added to t |
+| CFG's null branch | `class_emb[0]`; unconditional: all-zeros context | the null row; unconditional: none |
 
 Strict causality: with context_tokens = 0 (or context_sees_video = False), the output
 of frame f depends only on frames <= f, their timesteps and the label. Such a model can
@@ -46,6 +47,9 @@ VARIANTS = {
 
 # The frame index of an empty cache slot: later than any query, so never attended.
 EMPTY_SLOT = 2**30
+# The official unconditional model's CFG null: all-zeros context tokens, as the authors'
+# sampler feeds its unconditional branch (a context the model never saw in training).
+NO_CONTEXT = -1
 
 
 class KVCache(NamedTuple):
@@ -160,12 +164,24 @@ class DiT(nn.Module):
   dtype: Any = jnp.float32
 
   @property
-  def null_label(self) -> int:
-    """The label index meaning "no class" (CFG's unconditional branch)."""
-    return 0 if self.context_tokens else self.num_classes
+  def null_label(self):
+    """The label of CFG's unconditional branch, as the authors sample: class_emb[0] for
+    the official class-conditional model, the extra trained row for the clean one, and
+    NO_CONTEXT (all-zeros context tokens) for the official unconditional model. None for
+    the clean unconditional model: it has no condition to guide against."""
+    if self.num_classes:
+      return 0 if self.context_tokens else self.num_classes
+    return NO_CONTEXT if self.context_tokens else None
+
+  @property
+  def default_label(self) -> int:
+    """The label when none is given: the unconditional one for class-conditional models,
+    and for unconditional ones the model's only condition (its context tokens)."""
+    return self.null_label if self.num_classes else 0
 
   def _context(self, batch, label):
-    """The official model's fixed context tokens [B, 77, context_dim] (never trained)."""
+    """The official model's fixed context tokens [B, 77, context_dim] (never trained);
+    zeros where an unconditional model's label is NO_CONTEXT."""
     shape = (self.context_tokens, self.context_dim)
     if self.num_classes:
       table = self.variable("constants", "class_emb", lambda: 0.1 * jax.random.normal(
@@ -173,7 +189,8 @@ class DiT(nn.Module):
       return table[label]
     table = self.variable("constants", "context_emb",
                           lambda: 0.1 * jax.random.normal(self.make_rng("params"), shape)).value
-    return jnp.broadcast_to(table, (batch,) + shape)
+    context = jnp.broadcast_to(table, (batch,) + shape)
+    return jnp.where((label == NO_CONTEXT)[:, None, None], jnp.zeros_like(context), context)
 
   @property
   def strictly_causal(self) -> bool:
@@ -194,7 +211,7 @@ class DiT(nn.Module):
     batch, frames, tokens, channels = x.shape
     width = self.hidden_size
     if label is None:
-      label = jnp.full((batch,), self.null_label, jnp.int32)
+      label = jnp.full((batch,), self.default_label, jnp.int32)
     if cache is not None and not self.strictly_causal:
       raise ValueError("a KV cache needs a strictly causal DiT; this one has context tokens "
                        "that see every frame (context_sees_video=True)")
