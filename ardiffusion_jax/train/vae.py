@@ -271,12 +271,12 @@ def _warm_start(state, init_from):
   their fresh initialisation. This run's EMA, if any, starts from the same weights."""
   checkpointer = Checkpointer(checkpoint_dir(init_from), async_save=False)
   try:
-    _, _, state = checkpointer.load_latest()
+    _, _, saved = checkpointer.load_latest()
   except CheckpointError as error:
     raise CheckpointError(f"vae_train.init_from={init_from!r}: {error}") from error
   finally:
     checkpointer.close()
-  source = inference_params(state)
+  source = inference_params(saved)
 
   def pick(path, fresh):
     node = source
