@@ -12,6 +12,7 @@ fallback.
 
 import json
 import logging
+import sys
 import time
 
 import jax
@@ -38,6 +39,25 @@ def checkpoint_dir(path) -> str:
 def _one_line(error: BaseException, limit: int = 240) -> str:
   text = " ".join(str(error).split()) or type(error).__name__
   return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _quiet_closed_loop_reports():
+  """After a read fails, tensorstore still finishes the step's other reads and calls back
+  into orbax's asyncio loop, which is closed by then; each callback would print a
+  traceback ("Event loop is closed", as an unraisable exception) under the one line that
+  already says the step was skipped. Drops just those; anything else still reaches the
+  previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "ardiff_quiet", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.ardiff_quiet = True
+  sys.unraisablehook = hook
 
 
 def _every_process(ok: bool) -> bool:
@@ -101,6 +121,7 @@ class Checkpointer:
         raise
       except Exception as failure:  # orbax and tensorstore raise bare Exceptions
         result, error = None, failure
+        _quiet_closed_loop_reports()
       if _every_process(error is None):
         return step, result
       skipped.append(step)
