@@ -36,7 +36,8 @@ def _rel_error(ours, theirs):
 def _restore(path):
   checkpointer = Checkpointer(f"{path}/checkpoints", async_save=False)
   try:
-    return checkpointer.restore_config(), checkpointer.restore_raw()
+    _, config, state = checkpointer.load_latest()
+    return config, state
   finally:
     checkpointer.close()
 

@@ -182,17 +182,6 @@ class Checkpointer:
         state=ocp.args.StandardRestore(fallback_sharding=fallback)))
     return restored["state"]
 
-  def restore_config(self, step=None):
-    """The config saved with `step` (default: the latest), as a ConfigDict."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
-    try:
-      return self._read_config(step)
-    except (ValueError, KeyError, FileNotFoundError) as error:
-      raise CheckpointError(f"checkpoint {self.directory / str(step)} has no saved config: "
-                            f"{error}") from error
-
   def _read_config(self, step):
     restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return ml_collections.ConfigDict(restored["config"])

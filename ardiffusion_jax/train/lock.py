@@ -189,9 +189,3 @@ class WorkdirLock:
       if holder is not None and holder.get("token") == self.token:
         self.path.unlink()
     self.token = None
-
-  def __enter__(self):
-    return self.acquire()
-
-  def __exit__(self, *_):
-    self.release()
