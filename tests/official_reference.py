@@ -1,5 +1,5 @@
-"""A PyTorch reference of the authors' DiT and AR-VAE, written from the spec
-(`official_code_spec.md` §1-2) for the conversion tests. Module names follow the
+"""A PyTorch reference of the authors' DiT, AD sampler and AR-VAE, written from the spec
+(`official_code_spec.md` §1-3) for the conversion tests. Module names follow the
 official state dicts, so `state_dict()` has their exact keys.
 
 It is written independently of our Flax modules: PyTorch layouts ([out, in] Linears,
@@ -167,12 +167,99 @@ class BaseModel(nn.Module):
     else:
       self.context_emb = nn.Parameter(torch.randn(*shape) * 0.1)
 
-  def forward(self, x, t, label=None):
+  def contexts(self, batch, label=None):
+    """(conditional, unconditional) context tokens as `BaseModel.sample` builds them
+    (spec §2.2): class_emb[label] against class_emb[0], or context_emb against zeros."""
     if hasattr(self, "class_emb"):
-      context = self.class_emb[label]
+      return self.class_emb[label], self.class_emb[0].expand(batch, -1, -1)
+    context = self.context_emb[None].expand(batch, -1, -1)
+    return context, torch.zeros_like(context)
+
+  def forward(self, x, t, label=None):
+    return self.diffusion_model.model(x, t, self.contexts(x.shape[0], label)[0])
+
+
+# --------------------------------------------------------------- the AD sampler (§3.2-3.4)
+
+def ddim_schedule(alphas_cumprod, num_steps):
+  """`make_ddim_timesteps` ('uniform', +1) and the authors' `make_ddim_sampling_parameters`
+  (η = 0), which append ᾱ_{T-1} to both tables for frames not yet started."""
+  num_timesteps = alphas_cumprod.shape[0]
+  ddim_timesteps = np.arange(0, num_timesteps, num_timesteps // num_steps) + 1
+  alphacums = alphas_cumprod.cpu()  # their float32 buffer, read back as python floats
+  alphas = np.asarray(alphacums[ddim_timesteps].tolist() + [alphacums[-1].item()])
+  alphas_prev = np.asarray([alphacums[0].item()] + alphacums[ddim_timesteps[:-1]].tolist()
+                           + [alphacums[-1].item()])
+  return ddim_timesteps, alphas, alphas_prev
+
+
+def timestep_matrix(total_frames, window, ar_step, template):
+  """`generate_timestep_matrix`, row by row as their loop builds it: each row, frame 0 and
+  any frame whose predecessor had finished advance one step, every other frame trails its
+  predecessor by `ar_step`; then the window [end - window, end) moves one frame whenever
+  the frame at its end is due to move in that row."""
+  num_steps = len(template)
+  step_template = torch.tensor(np.concatenate([[999], template]), dtype=torch.long)
+  previous = torch.zeros(total_frames, dtype=torch.long)
+  matrix, index, update = [], [], []
+  while not torch.all(previous == num_steps):
+    row = torch.zeros(total_frames, dtype=torch.long)
+    for i in range(total_frames):
+      if i == 0 or previous[i - 1] == num_steps:
+        row[i] = previous[i] + 1
+      else:
+        row[i] = row[i - 1] - ar_step
+    row = row.clamp(0, num_steps)
+    update.append(row != previous)
+    index.append(row)
+    matrix.append(step_template[row])
+    previous = row
+  intervals, end = [], window
+  for mask in update:
+    if end < total_frames and mask[end]:
+      end += 1
+    intervals.append((end - window, end))
+  return torch.stack(matrix), torch.stack(index), torch.stack(update), intervals
+
+
+@torch.no_grad()
+def ad_sample(model, x_T, num_steps, ar_step, guidance=1.0, label=None, keep_idle=True):
+  """`fifoddim.DDIMSampler.sample` as `BaseModel.sample` calls it (η = 0, x0-prediction):
+  the window's frames go through the DiT (with CFG as one [uncond; cond] batch, guided in
+  x0 space), frames not due an update get x̂0 := x_t, ε̂ comes from the model's schedule at
+  the fed t, and x_prev = sqrt(a_prev) x̂0 + sqrt(1 - a_prev) ε̂.
+
+  Their update still moves a finished, idle frame by a factor of about 1 + 2e-5 a row
+  (spec §3.3); `keep_idle=True` leaves such frames as they are, the one place our port
+  departs from their code on purpose. `keep_idle=False` is their code verbatim."""
+  dit, ldm = model.diffusion_model.model, model.diffusion_model
+  batch, total_frames = x_T.shape[:2]
+  ddim_timesteps, _, alphas_prev = ddim_schedule(ldm.alphas_cumprod, num_steps)
+  matrix, index_rows, update, intervals = timestep_matrix(
+      total_frames, dit.frames, ar_step, np.flip(ddim_timesteps))
+  cond, uncond = model.contexts(batch, label)
+  img = x_T.clone()
+  for r, (start, end) in enumerate(intervals):
+    x = img[:, start:end]
+    t = matrix[r, start:end][None].expand(batch, -1)
+    moves = update[r, start:end][None, :, None, None].to(x.dtype)
+    if guidance == 1.0:
+      x0 = dit(x, t, cond)
     else:
-      context = self.context_emb[None].expand(x.shape[0], -1, -1)
-    return self.diffusion_model.model(x, t, context)
+      x0_uncond, x0_cond = dit(torch.cat([x, x]), torch.cat([t, t]),
+                               torch.cat([uncond, cond])).chunk(2)
+      x0 = x0_uncond + guidance * (x0_cond - x0_uncond)
+    x0 = x0 * moves + x * (1 - moves)
+    per_frame = lambda table: table[t][..., None, None]
+    eps = ((per_frame(ldm.sqrt_recip_alphas_cumprod) * x - x0)
+           / per_frame(ldm.sqrt_recipm1_alphas_cumprod))
+    k = num_steps - index_rows[r, start:end]
+    a_prev = torch.tensor(alphas_prev[k], dtype=x.dtype)[None, :, None, None]
+    x_prev = a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * eps
+    if keep_idle:
+      x_prev = x_prev * moves + x * (1 - moves)
+    img[:, start:end] = x_prev
+  return img
 
 
 # -------------------------------------------------------------------------- AR-VAE (§1)
