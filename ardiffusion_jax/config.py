@@ -54,7 +54,8 @@ def video_dataset_config(dataset: str, variant, *, num_classes: int = 0, vae_lr:
                          grad_accum: int) -> ml_collections.ConfigDict:
   """A real-video config: the synthetic config's model and training sections (same
   variant names; `dit` is its `paper`) over a `data` section reading `data.root`, with
-  the authors' per-dataset settings (spec §1.7, §4.1) at paper size."""
+  the authors' per-dataset settings (from their VAE and DiT training scripts; listed in
+  docs/configs.md) at paper size."""
   variant = variant or "dit"
   if variant not in VIDEO_VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; expected one of {tuple(VIDEO_VARIANTS)}")
@@ -63,7 +64,7 @@ def video_dataset_config(dataset: str, variant, *, num_classes: int = 0, vae_lr:
   smoke = variant in ("smoke", "vae_smoke")
   config.data = ml_collections.ConfigDict(dict(
       name=dataset,
-      root="",  # your copy of the dataset (layout: README, Datasets)
+      root="",  # your copy of the dataset (layouts: docs/datasets.md)
       split="train",
       fold=1,  # UCF-101's official split lists 1..3
       num_frames=8 if smoke else 16,
@@ -81,7 +82,7 @@ def video_dataset_config(dataset: str, variant, *, num_classes: int = 0, vae_lr:
   if not smoke:
     config.vae.update(variant="official", size="paper", patch_size=16, channel_mult=(1, 1, 2, 2, 4),
                       proxy_head=False)
-    # The authors' recipe (spec §1.7): AdamW (0.9, 0.999), no EMA.
+    # The authors' recipe (their VAE training scripts): AdamW (0.9, 0.999), no EMA.
     config.vae_train.update(pixel_loss="l1", proxy_weight=0.0, disc_lr=vae_lr, batch_size=32,
                             lr=vae_lr if variant == "vae" else 1e-6, b2=0.999, ema_decay=0.0)
     if variant == "vae":

@@ -152,7 +152,8 @@ def _check_steps(num_steps: int, num_timesteps: int):
 
 def official_ddim_grid(alphas_cumprod: np.ndarray, num_steps: int = 50) -> DDIMGrid:
   """The authors' grid: ddim timesteps [1, 1+c, ..., 1+(S-1)c] with c = T // S, ᾱ_{T-1}
-  appended for not-started frames, and ᾱ_0 as the final level (spec §3.2-3.3).
+  appended for not-started frames, and ᾱ_0 as the final level, as the authors'
+  `fifoddim.py` sampler builds it (docs/architecture.md, "Diffusion math").
 
   Their code silently produces more than S levels when S does not divide T; we refuse.
   """

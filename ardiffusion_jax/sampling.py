@@ -3,7 +3,8 @@
 Row r of `timesteps.ad_step_matrix` says, for every frame, how many of the S DDIM steps
 it has completed and whether it moves in that row. One scan step runs the denoiser,
 applies classifier-free guidance in x0 space and moves exactly the frames whose mask is
-set (design §5). Two execution modes share that step:
+set (docs/architecture.md says why the cached mode is exact). Two execution modes share
+that step:
 
 * **full**: every row evaluates the whole window, the authors' semantics. For a video
   longer than the model's window (`dit.num_frames`) the `official` variant (absolute
@@ -18,9 +19,10 @@ set (design §5). Two execution modes share that step:
   recomputes at every row. Frames not yet started are never evaluated. With RoPE the
   cache is a ring of `num_frames` slots, so 128+ frame videos run in constant memory.
 
-Design §5 suggested keeping the just-finished frame inside a W+1 window instead of a
-one-frame pass. That doubles the work per row at s = S (two frames instead of one), so
-the pass runs only in the rows where the window moves (a `lax.cond`).
+A W+1 window that keeps the just-finished frame would write its keys and values without
+a separate pass, but it doubles the work per row at s = S (two frames instead of one).
+So the one-frame pass runs instead, and only in the rows where the window moves (a
+`lax.cond`).
 
 Continuation: context frames count as finished from the start, are prefilled into the
 cache (cached) or fed at the context timestep (full), and are never updated, so they
@@ -66,9 +68,9 @@ class Plan:
 
 
 def _sliding_window_starts(update_mask, step_index, window: int, num_steps: int):
-  """The authors' long-video window (spec §3.4): it starts at [0, window) and moves one
-  frame before any row in which the frame just past its end is due to start. Raises where
-  their code silently evicts unfinished frames or skips updates."""
+  """The authors' long-video window (their `fifoddim.py`): it starts at [0, window) and
+  moves one frame before any row in which the frame just past its end is due to start.
+  Raises where their code silently evicts unfinished frames or skips updates."""
   num_rows, num_frames = update_mask.shape
   starts = np.zeros(num_rows, np.int32)
   start = 0

@@ -53,11 +53,11 @@ def get_config(arg=None):
       image_size=config.data.resolution,
       patch_size=8,
       channel_mult=(1, 1, 2, 2),  # log2(patch_size) + 1 levels
-      # A training-only linear patch readout of the decoder ViT (README, AR-VAE): without
-      # it the tokenizer trained from scratch stays at the mean image.
+      # A training-only linear patch readout of the decoder ViT: without it the tokenizer
+      # trained from scratch stays at the mean image (docs/architecture.md, "The AR-VAE").
       proxy_head=True,
-      # Attention starts local (README, "Spatial initialisation"): trained from scratch,
-      # the tokenizer leaves the mean image after ~150 steps instead of ~450.
+      # Attention starts local: trained from scratch, the tokenizer leaves the mean image
+      # after ~150 steps instead of ~450 (docs/experiments/tokenizer.md).
       spatial_init=True,
       num_latent_tokens=32,
       token_dim=4,
@@ -68,24 +68,26 @@ def get_config(arg=None):
   # Stage 1 (frames) turns into stage 2 at disc_start; vae_causal is stage 3.
   causal = variant == "vae_causal"
   config.vae_train = ml_collections.ConfigDict(dict(
-      # Frames a step (clips in vae_causal): in the 10-minute bench 16 beat 32 and 8 (README,
-      # "Reconstruction quality").
+      # Frames a step (clips in vae_causal). On a CPU time budget 16 learns as much per step
+      # as 32 at a fraction of the cost; 8 falls behind per step by more than its extra
+      # steps make up (docs/experiments/tokenizer.md).
       batch_size=8 if smoke else 16,
       steps={"smoke": 20, "vae_smoke": 20, "default": 2000}.get(variant, 3000),  # default: the demo's budget
       clip_frames=config.data.num_frames if causal else 1,
-      # 2e-3: 24.5 against 22.6 dB at 1e-3 in the 10-minute bench (README, "Reconstruction quality").
+      # 2e-3: the tiny tokenizer's climb is bound by the learning rate, and at 3e-3 it never
+      # leaves the mean image, so 2e-3 is near the edge (docs/experiments/tokenizer.md).
       lr=1e-4 if causal else 2e-3,
       # The authors use L1. Trained from scratch, the tiny tokenizer stays at the mean
-      # image under L1; MSE plus the proxy loss gets it out (README, "The proxy head").
+      # image under L1; MSE plus the proxy loss gets it out (docs/experiments/tokenizer.md).
       pixel_loss="l2",
       proxy_weight=0.0 if causal else 1.0,  # the proxy head's MSE (needs vae.proxy_head)
       disc_lr=2e-4,
       b1=0.9,
-      # The authors use 0.999; from scratch, 0.99 gave the tiny tokenizer 23.5 dB against
-      # 21.2 dB in the 10-minute bench (README, "Reconstruction quality").
+      # The authors use 0.999. From scratch, the tiny tokenizer climbs about the same with
+      # either for its first ~1,000 steps, then faster with 0.99 (docs/experiments/tokenizer.md).
       b2=0.99,
-      # The authors keep no EMA. In the 10-minute bench (700-800 steps on the machine of
-      # 2026-11-29) it scored within 0.3 dB of the raw weights (README, "Reconstruction quality").
+      # The authors keep no EMA. Extraction and decoding use this one; in the tiny
+      # tokenizer's runs it reconstructs better than the raw weights (docs/results.md).
       ema_decay=0.99,
       weight_decay=1e-4,
       grad_clip=1.0,
@@ -127,7 +129,8 @@ def get_config(arg=None):
       tokens_per_frame=config.vae.num_latent_tokens,
       in_channels=config.vae.token_dim,
       num_classes=config.data.max_balls - config.data.min_balls + 1,  # label = balls - min
-      # Scanned even at tiny size, where unrolled steps are 16% faster: see README, DiT.
+      # Scanned even at tiny size, though unrolled steps are faster on a CPU: unrolled layers
+      # draw other initial weights, and the demo was measured scanned (docs/experiments/dit.md).
       scan_layers=True,
       remat=False,
       attention_chunks=4,  # skip masked block-causal attention in 4 query groups (exact; 1: off)

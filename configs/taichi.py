@@ -21,6 +21,7 @@ from ardiffusion_jax.config import video_dataset_config
 
 
 def get_config(arg=None):
-  # The authors' settings for this dataset (spec §1.7 and §4.1).
+  # The authors' settings for this dataset, from their VAE and DiT training scripts
+  # (docs/configs.md).
   return video_dataset_config("taichi", arg,
                               vae_lr=1e-4, disc_start=50_000, dit_lr=2e-4, grad_clip=1.0, grad_accum=6)

@@ -1,4 +1,4 @@
-"""Real video datasets as random-access sources for grain (README, "Datasets").
+"""Real video datasets as random-access sources for grain (layouts: docs/datasets.md).
 
 `video_source(data_config)` gives the source a config names: the synthetic bouncing
 shapes, or a `VideoDataset` over the files of UCF-101, Sky-Timelapse, Taichi-HD,
@@ -25,7 +25,7 @@ from ardiffusion_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# Folder layouts (README): the split folder under data.root, per dataset.
+# Folder layouts (docs/datasets.md): the split folder under data.root, per dataset.
 SPLIT_FOLDERS = {
     "sky": {"train": "sky_train", "test": "sky_test"},
     "taichi": {"train": "train", "test": "test"},

@@ -1,4 +1,5 @@
-"""PatchGAN discriminator, hinge losses and the adaptive generator weight (spec §1.6)."""
+"""PatchGAN discriminator, hinge losses and the adaptive generator weight, as in the
+authors' VAE loss."""
 
 from typing import Any
 

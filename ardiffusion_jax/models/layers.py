@@ -116,7 +116,7 @@ class GroupNorm(nn.Module):
 
   The statistics are taken per channel over the pixels first, then averaged per group:
   on XLA CPU that runs forward about 6x, and with its gradient about 2x, faster than
-  flax's reduction over a [N, H, W, G, C/G] view (README, AR-VAE).
+  flax's reduction over a [N, H, W, G, C/G] view (docs/results.md).
   """
   num_groups: int
   epsilon: float = 1e-6
