@@ -131,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "shapes; heads (and GroupNorm groups) from --set when not the "
                            "official ones. Every missing, unexpected or mis-shaped key is "
                            "reported together.")
-    sub.add_argument("--input", required=True, help="state dict file")
+    sub.add_argument("--input", required=True,
+                     help="state dict file, or a file on the Hugging Face Hub: "
+                          "hf://OWNER/REPO[@REVISION]/PATH (downloaded into the hub cache, "
+                          "HF_HOME; a cached copy is not downloaded again)")
     sub.add_argument("--output", required=True, help="new run folder (checkpoints/0 + config)")
     _add_config(sub, default="configs/synthetic.py:paper")
     sub.add_argument("--num-heads", type=int, help="attention heads (default: width / "
@@ -280,7 +283,7 @@ def _convert(args) -> int:
     print(f"ardiff convert portable: {len(bundle.flat)} tensors -> {args.output}/checkpoints")
     return 0
   from ardiffusion_jax import config as config_lib
-  from ardiffusion_jax.convert import official
+  from ardiffusion_jax.convert import hub, official
   convert = {"official-dit": official.convert_official_dit,
              "official-vae": official.convert_official_vae,
              "titok-init": official.convert_titok_init}[args.kind]
@@ -290,8 +293,11 @@ def _convert(args) -> int:
     section.num_heads = args.num_heads
   if getattr(args, "norm_groups", None):
     section.norm_groups = args.norm_groups
-  config, missing = convert(args.input, args.output, config, allow_missing=args.allow_missing,
+  input_path = hub.resolve_input(args.input)
+  config, missing = convert(input_path, args.output, config, allow_missing=args.allow_missing,
                             allow_nonfinite=args.allow_nonfinite)
+  if hub.is_hub_uri(args.input):
+    hub.record_source(args.output, args.input, input_path)
   if missing:
     print(f"ardiff convert {args.kind}: {len(missing)} keys missing, left at a fresh init: "
           + ", ".join(missing), file=sys.stderr)
