@@ -16,7 +16,8 @@ import numpy as np
 
 
 def _numpy_fopp_tables(num_frames: int, num_timesteps: int):
-  """The authors' float64 count tables (spec §3.1): mat_s[t, f] and mat_e[t, f]."""
+  """The authors' float64 count tables (their `Incremental_Timesteps`): mat_s[t, f] and
+  mat_e[t, f]."""
   mat_s = np.zeros((num_timesteps, num_frames))
   mat_s[:, -1] = 1
   mat_s[-1, :] = 1
@@ -102,8 +103,6 @@ def bench_timesteps(argv):
 
 def bench_train_step(argv):
   """One optimizer step of a small DiT (384 wide, 6 deep, 6 heads) on 16x32x4 latents."""
-  import jax.numpy as jnp
-
   from ardiffusion_jax import config as config_lib
   from ardiffusion_jax.models import dit
   from ardiffusion_jax.train import dit as train_dit
@@ -130,10 +129,10 @@ def bench_train_step(argv):
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   model = dit.dit_from_config(config.dit)
   tx = state_lib.make_optimizer(config.train)
-  example = (jnp.zeros((1, args.frames, 32, 4)), jnp.zeros((1, args.frames), jnp.int32))
-  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.key(0), example)
+  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.key(0),
+                                                  model.example_inputs())
   rng = np.random.default_rng(0)
-  latents = rng.normal(size=(args.batch, args.frames, 32, 4)).astype(np.float32)
+  latents = rng.normal(size=model.example_inputs(args.batch)[0].shape).astype(np.float32)
   batch = sharding.global_batch({"latents": latents / np.linalg.norm(latents, axis=-1, keepdims=True)},
                                 mesh)
   with sharding.mesh_context(mesh):
@@ -177,9 +176,8 @@ def bench_vae(argv):
   import signal
   import tempfile
 
-  import jax.numpy as jnp
-
-  from ardiffusion_jax import config as config_lib
+  from ardiffusion_jax import config as config_lib, runs
+  from ardiffusion_jax.eval import reconstruction
   from ardiffusion_jax.train import vae as train_vae
   from ardiffusion_jax.train.logging import read_metrics
 
@@ -204,8 +202,8 @@ def bench_vae(argv):
 
   result = train_vae.train(config, workdir, hooks=[stop_at_budget])
   train_seconds = time.perf_counter() - start
-  score = lambda params: train_vae.held_out_psnr(config, params, args.held_out)
-  psnr = score(train_vae.inference_params(result.state))  # the EMA, if kept
+  score = lambda params: reconstruction.held_out_psnr(config, params, args.held_out)
+  psnr = score(runs.variables_of(result.state, "vae")[0]["params"])  # the EMA, if kept
   raw_psnr = score(result.state.params) if config.vae_train.ema_decay > 0 else psnr
   records = read_metrics(workdir)
   output = {
@@ -286,7 +284,7 @@ def bench_sampling(argv):
   config = config_lib.load_config("configs/synthetic.py:default", [
       f"dit.size={args.size!r}", f"dit.num_frames={args.frames}", "dit.num_classes=0"])
   model = dit.dit_from_config(config.dit)
-  example = (jnp.zeros((1, args.frames, 32, 4)), jnp.zeros((1, args.frames), jnp.int32))
+  example = [jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()]
   variables = nn.meta.unbox(model.init(jax.random.key(0), *example))
   grid = diffusion.ddim_grid("clean", diffusion.alphas_from_config(config.diffusion), args.steps)
   settings = [(args.frames, int(s), args.modes.split(",")) for s in args.s.split(",")]

@@ -18,10 +18,10 @@ import jax
 import numpy as np
 import tqdm
 
-from ardiffusion_jax import diffusion, generate, timesteps, viz
+from ardiffusion_jax import diffusion, generate, runs, timesteps, viz
 from ardiffusion_jax import extract as extract_lib
 from ardiffusion_jax.data.synthetic import BouncingShapes
-from ardiffusion_jax.eval import physics
+from ardiffusion_jax.eval import physics, reconstruction
 from ardiffusion_jax.train import dit as train_dit
 from ardiffusion_jax.train import vae as train_vae
 from ardiffusion_jax.train.logging import read_metrics
@@ -84,8 +84,8 @@ def schedule_pictures(config, workdir: pathlib.Path) -> dict:
 def vae_stage(config, workdir: pathlib.Path) -> dict:
   """Trains (or resumes) the tiny AR-VAE and scores held-out reconstructions."""
   result = train_vae.train(config, workdir / "vae")
-  _, _, params = generate.load_vae(workdir / "vae")
-  psnr = train_vae.held_out_psnr(config, params, config.demo.real_clips, progress=True)
+  params = runs.load_run(workdir / "vae", "vae").variables["params"]
+  psnr = reconstruction.held_out_psnr(config, params, config.demo.real_clips, progress=True)
   return {"steps": result.step, "held_out_psnr_db": round(psnr, 2)}
 
 
@@ -106,8 +106,7 @@ def sampling_stage(config, workdir: pathlib.Path) -> dict:
   sample.json exists is not redone."""
   generator = generate.Generator.from_checkpoint(workdir / "dit", vae_ckpt=workdir / "vae")
   demo = config.demo
-  real_source = BouncingShapes.from_config(config.data, seed=config.data.seed + 1000,
-                                           num_videos=demo.real_clips)
+  real_source = BouncingShapes.held_out(config.data, demo.real_clips)
   real = np.stack([real_source[i]["video"] for i in range(len(real_source))])
   settings = [(f"s{s}", config.sample.num_frames, s) for s in config.sample.s_values]
   settings.append((f"long_{demo.long_frames}f_s{demo.long_s}", demo.long_frames, demo.long_s))
@@ -140,9 +139,8 @@ def run(config, workdir) -> dict:
   report["vae"] = vae_stage(config, workdir)
   report["dit"] = dit_stage(config, workdir)
   report["samples"] = sampling_stage(config, workdir)
-  report["real_physics"] = physics.summarize(
-      [BouncingShapes.from_config(config.data, seed=config.data.seed + 1000)[i]["video"]
-       for i in range(config.demo.real_clips)])
+  real = BouncingShapes.held_out(config.data, config.demo.real_clips)
+  report["real_physics"] = physics.summarize([real[i]["video"] for i in range(len(real))])
   report["seconds"] = round(time.time() - start, 1)
   (workdir / "report.json").write_text(json.dumps(report, indent=2))
   (workdir / "report.md").write_text(_markdown(report))

@@ -17,7 +17,8 @@ import numpy as np
 import tqdm
 
 from ardiffusion_jax.data import datasets, latents as latents_lib
-from ardiffusion_jax.generate import LATENTS_INFO, encoder_fingerprint, load_vae
+from ardiffusion_jax import runs
+from ardiffusion_jax.generate import LATENTS_INFO, encoder_fingerprint
 from ardiffusion_jax.models import ar_vae
 from ardiffusion_jax.train.checkpoint import checkpoint_dir as find_checkpoints
 
@@ -30,7 +31,8 @@ def extract(config, vae_ckpt, out_dir, shard_size: int = 256, batch_size: int = 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   source = datasets.video_source(config.data)
-  _, model, params = load_vae(vae_ckpt)
+  vae = runs.load_run(vae_ckpt, "vae")
+  model, params = vae.model(), vae.variables["params"]
   encode = jax.jit(lambda video: model.apply({"params": params}, video,
                                              method=ar_vae.ARVAE.encode)[0])
   out = pathlib.Path(out_dir)

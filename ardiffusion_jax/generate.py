@@ -9,48 +9,18 @@ import pathlib
 import time
 from typing import Any, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 
 from ardiffusion_jax import config as config_lib
-from ardiffusion_jax import diffusion, sampling, viz
+from ardiffusion_jax import diffusion, runs, sampling, viz
 from ardiffusion_jax.data import video as video_lib
 from ardiffusion_jax.errors import CheckpointError, ConfigError, DataError
 from ardiffusion_jax.models import ar_vae, dit
-from ardiffusion_jax.train import vae as train_vae
-from ardiffusion_jax.train.checkpoint import Checkpointer, checkpoint_dir, tree_differences
 
 LATENTS_INFO = "latents_info.json"  # written by `ardiff extract` next to the shards
-
-
-def load_vae(vae_ckpt):
-  """(config, model, params) of the newest checkpoint of an AR-VAE run (its EMA weights
-  when it kept an EMA)."""
-  checkpointer = Checkpointer(checkpoint_dir(vae_ckpt), async_save=False)
-  try:
-    _, config, state = checkpointer.load_latest("AR-VAE")
-  finally:
-    checkpointer.close()
-  params = train_vae.inference_params(state)
-  model = ar_vae.vae_from_config(config.vae)
-  _check_params_fit(model, params, vae_ckpt)
-  return config, model, params
-
-
-def _check_params_fit(model, params, source):
-  """Flax ignores parameters a model does not use, so a checkpoint whose saved config
-  now builds another model (a preset changed since) would decode wrongly, not fail."""
-  size = model.image_size
-  expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, size, size, 3)))
-  problems = tree_differences(params, nn.meta.unbox(expected)["params"])
-  if problems:
-    raise CheckpointError(
-        f"{source}: its weights do not fit the AR-VAE its saved config builds now "
-        f"({len(problems)} differences: {'; '.join(problems[:4])}); a preset has changed "
-        f"since it was trained, so retrain it with this code (README, AR-VAE)")
 
 
 ENCODER_PARAMS = ("encoder", "latent_tokens")  # what maps pixels to latents (ARVAE.encode)
@@ -99,31 +69,20 @@ class Generator:
   def from_checkpoint(cls, ckpt, vae_ckpt=None, use_ema: bool = True, sampling_steps=None):
     """`ckpt`: a DiT run folder or its checkpoints folder. `vae_ckpt` defaults to the
     run that encoded the DiT's latents; without one, only latents can be produced."""
-    checkpointer = Checkpointer(checkpoint_dir(ckpt), async_save=False)
-    try:
-      _, config, state = checkpointer.load_latest("DiT")
-    finally:
-      checkpointer.close()
-    if "dit" not in config:
-      raise CheckpointError(f"{ckpt} is not a DiT run (its config has no 'dit' section)")
-    weights = "ema_params" if use_ema else "params"
-    if weights not in state:  # converted or imported checkpoints hold one set of weights
-      raise CheckpointError(f"{ckpt} holds no {weights!r} (it holds {sorted(state)}); "
-                            f"{'drop --no-ema' if not use_ema else 'pass --no-ema'}")
-    variables = {"params": state[weights]}
-    if state.get("constants"):
-      variables["constants"] = state["constants"]
+    run = runs.load_run(ckpt, "dit", use_ema=use_ema)
+    config = run.config
     steps = (config.diffusion.sampling_steps if sampling_steps is None else
              config_lib.check_sampling_steps(sampling_steps, config.diffusion, "--steps"))
     grid = diffusion.ddim_grid(config.diffusion.ddim_grid,
                                 diffusion.alphas_from_config(config.diffusion), steps)
-    generator = cls(config, dit.dit_from_config(config.dit), variables, grid)
+    generator = cls(config, run.model(), run.variables, grid)
     info = latents_info(config)
     vae_ckpt = vae_ckpt or info.get("vae_checkpoint")
     if vae_ckpt:
-      vae_config, generator.vae, generator.vae_params = load_vae(vae_ckpt)
+      vae = runs.load_run(vae_ckpt, "vae")
+      generator.vae, generator.vae_params = vae.model(), vae.variables["params"]
       _check_same_encoder(vae_ckpt, generator.vae_params, info)
-      generator.resolution = vae_config.vae.image_size
+      generator.resolution = vae.config.vae.image_size
     return generator
 
   @property

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from ardiffusion_jax import bench, cli
+from tests import support
 
 SUBCOMMANDS = ["demo", "train-vae", "extract", "train", "sample", "eval", "convert", "plan", "bench"]
 
@@ -89,13 +90,12 @@ def test_vae_benchmark_trains_for_its_budget_and_scores_held_out_clips(tmp_path)
 
 @pytest.fixture(scope="module")
 def dit_run(tmp_path_factory):
-  """A DiT run with the smoke config (official DDIM grid, S = 10) and placeholder weights:
-  the checks below must refuse before any weight is used."""
-  import numpy as np
-  from ardiffusion_jax import config as config_lib, convert
+  """A DiT run with the smoke config (official DDIM grid, S = 10) and untrained weights:
+  the checks below must refuse before anything is sampled."""
+  from ardiffusion_jax import config as config_lib
   config = config_lib.load_config("configs/synthetic.py:smoke", ["diffusion.ddim_grid='official'"])
   run = tmp_path_factory.mktemp("dit_run")
-  convert.write_model_checkpoint(run, config, {"ema_params": {"w": np.zeros(2, np.float32)}})
+  support.write_dit_run(run, config)
   return run
 
 
@@ -125,8 +125,7 @@ def test_eval_refuses_s_outside_the_dits_steps(dit_run, tmp_path, capsys, s_valu
 
 
 def test_guidance_scales_are_checked_before_sampling(dit_run, tmp_path, capsys):
-  import numpy as np
-  from ardiffusion_jax import config as config_lib, convert
+  from ardiffusion_jax import config as config_lib
   eval_args = ["eval", "--config", "configs/synthetic.py:smoke", "--s=0",
                "--out", str(tmp_path / "out")]
   assert cli.main(eval_args + ["--ckpt", str(dit_run), "--cfg=-1"]) == 1
@@ -135,7 +134,7 @@ def test_guidance_scales_are_checked_before_sampling(dit_run, tmp_path, capsys):
   config = config_lib.load_config("configs/synthetic.py:smoke",
                                   ["dit.num_classes=0", "dit.variant='clean'"])
   unconditional = tmp_path / "unconditional"
-  convert.write_model_checkpoint(unconditional, config, {"ema_params": {"w": np.zeros(2, np.float32)}})
+  support.write_dit_run(unconditional, config)
   assert cli.main(eval_args + ["--ckpt", str(unconditional), "--cfg=2"]) == 1
   assert "clean unconditional DiT was trained with none" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()

@@ -61,7 +61,7 @@ def test_fid_inception_matches_the_pytorch_reference(tmp_path):
   from tests import official_reference as ref
   from ardiffusion_jax.convert.metric_nets import convert_metric_net
   from ardiffusion_jax.eval import fid
-  from ardiffusion_jax.models.inception import FIDInceptionV3
+  from ardiffusion_jax.eval.nets.inception import FIDInceptionV3
   net = ref.randomize(ref.FIDInception3(), seed=0, scale=0.05).eval()
   with torch.no_grad():  # non-trivial running statistics
     for module in net.modules():
@@ -92,7 +92,7 @@ def test_fid_vid_resnet3d_matches_the_pytorch_reference(tmp_path):
   from tests import official_reference as ref
   from ardiffusion_jax.convert.metric_nets import convert_metric_net
   from ardiffusion_jax.eval import fid
-  from ardiffusion_jax.models.resnet3d import ResNet3D50
+  from ardiffusion_jax.eval.nets.resnet3d import ResNet3D50
   net = ref.randomize(ref.ResNet3D50(), seed=0, scale=0.05).eval()
   with torch.no_grad():
     for module in net.modules():

@@ -8,7 +8,7 @@ import pytest
 from ardiffusion_jax import cli
 from ardiffusion_jax.convert.lpips import params_from_torch_state
 from ardiffusion_jax.errors import CheckpointError
-from ardiffusion_jax.models import lpips
+from ardiffusion_jax.eval.nets import lpips
 from ardiffusion_jax.train import vae as train_vae
 
 

@@ -118,9 +118,10 @@ def test_sample_cli_rejects_bad_settings_clearly(demo_dir, tmp_path, capsys):
   assert "does not exist" in capsys.readouterr().err
   # An AR-VAE whose encoder did not make the DiT's latents would decode noise silently.
   import jax
-  from ardiffusion_jax import generate
+  from ardiffusion_jax import runs
   from ardiffusion_jax.convert import write_model_checkpoint
-  vae_config, _, params = generate.load_vae(demo_dir / "vae")
+  vae = runs.load_run(demo_dir / "vae", "vae")
+  vae_config, params = vae.config, vae.variables["params"]
   other = jax.tree.map(lambda x: x, params)
   other["latent_tokens"] = params["latent_tokens"] + 0.01
   write_model_checkpoint(tmp_path / "other_vae", vae_config, {"params": other})
@@ -133,8 +134,8 @@ def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path):
   import jax
   import jax.numpy as jnp
   from ardiffusion_jax.convert import save_variables
-  from ardiffusion_jax.models.inception import FIDInceptionV3
-  from ardiffusion_jax.models.resnet3d import ResNet3D50
+  from ardiffusion_jax.eval.nets.inception import FIDInceptionV3
+  from ardiffusion_jax.eval.nets.resnet3d import ResNet3D50
   # Randomly initialised FID networks stand in for the weights that cannot be downloaded.
   save_variables(tmp_path / "fid.npz", FIDInceptionV3().init(jax.random.key(0), jnp.zeros((1, 299, 299, 3))))
   save_variables(tmp_path / "r3d.npz", ResNet3D50().init(jax.random.key(0), jnp.zeros((1, 16, 112, 112, 3))))

@@ -10,7 +10,7 @@ import pytest
 
 from ardiffusion_jax import config as config_lib
 from ardiffusion_jax import extract as extract_lib
-from ardiffusion_jax import generate
+from ardiffusion_jax import runs
 from ardiffusion_jax.convert import portable
 from ardiffusion_jax.data import latents as latents_lib
 from ardiffusion_jax.data.synthetic import BouncingShapes
@@ -56,7 +56,7 @@ def test_adversarial_stage_alternates_on_8_devices(tmp_path):
 def test_causal_stage_trains_only_the_temporal_blocks(tmp_path):
   stage2 = tmp_path / "stage2"
   train_vae.train(_config(**{"vae_train.steps": 2, "vae_train.disc_start": -1}), str(stage2))
-  before = train_vae.inference_params(Checkpointer(stage2 / "checkpoints").restore_raw())
+  before = runs.load_run(stage2, "vae").variables["params"]
   config = _config("vae_causal", **{
       "data.num_frames": 4, "data.resolution": 32, "vae.image_size": 32,
       "vae_train.clip_frames": 4, "vae_train.batch_size": 2, "vae_train.steps": 2,
@@ -79,6 +79,13 @@ def test_causal_stage_trains_only_the_temporal_blocks(tmp_path):
   assert temporal_moved > 0
 
 
+def _vae_params(run):
+  """The weights extraction, sampling and the demo decode with."""
+  loaded = runs.load_run(run, "vae")
+  assert loaded.kind == "vae"
+  return loaded.variables["params"]
+
+
 def _assert_trees_equal(a, b):
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
@@ -99,18 +106,18 @@ def test_the_ema_follows_the_generator_and_is_what_decodes_and_exports(tmp_path,
   assert not np.array_equal(ema_3["decoder"]["decoder_embed"]["kernel"],
                             params_3["decoder"]["decoder_embed"]["kernel"])
 
-  _assert_trees_equal(generate.load_vae(tmp_path / "run")[2], ema_3)  # extract, sample, demo
+  _assert_trees_equal(_vae_params(tmp_path / "run"), ema_3)  # extract, sample, demo
   bundle = portable.export(tmp_path / "run", "safetensors", tmp_path / "portable")
   assert (bundle.kind, bundle.weights) == ("vae", "ema")
   np.testing.assert_array_equal(bundle.flat["params/decoder/decoder_embed/kernel"],
                                 ema_3["decoder"]["decoder_embed"]["kernel"])
   portable.convert_portable(tmp_path / "portable", tmp_path / "back")
-  _assert_trees_equal(generate.load_vae(tmp_path / "back")[2], ema_3)
+  _assert_trees_equal(_vae_params(tmp_path / "back"), ema_3)
   # A saved config that now builds another model (the preset changed) is refused, not
   # decoded with the parameters the model happens to use.
   monkeypatch.setitem(ar_vae.PRESETS["tiny"], "pixel_res_blocks", 2)
   with pytest.raises(CheckpointError, match=r"pixel_decoder/up_0_block_1/conv1/kernel missing"):
-    generate.load_vae(tmp_path / "run")
+    _vae_params(tmp_path / "run")
   monkeypatch.undo()
 
   # ema_decay 0 (the authors' recipe): no EMA is kept, and the raw weights decode.
@@ -118,7 +125,7 @@ def test_the_ema_follows_the_generator_and_is_what_decodes_and_exports(tmp_path,
                   str(tmp_path / "no_ema"), devices=jax.devices()[:1])
   restored = Checkpointer(tmp_path / "no_ema" / "checkpoints").restore_raw()
   assert not restored.get("ema_params")
-  _assert_trees_equal(generate.load_vae(tmp_path / "no_ema")[2], restored["params"])
+  _assert_trees_equal(_vae_params(tmp_path / "no_ema"), restored["params"])
 
 
 def _save_vae_checkpoint(config, directory):

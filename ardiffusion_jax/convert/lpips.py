@@ -4,7 +4,7 @@ import numpy as np
 
 from ardiffusion_jax.convert import read_state_dict
 from ardiffusion_jax.errors import CheckpointError
-from ardiffusion_jax.models.lpips import TAP_AFTER, VGG_CHANNELS, VGG_CONVS
+from ardiffusion_jax.eval.nets.lpips import TAP_AFTER, VGG_CHANNELS, VGG_CONVS
 
 
 def params_from_torch_state(vgg_state: dict, lin_state: dict) -> dict:
@@ -42,7 +42,7 @@ def params_from_torch_state(vgg_state: dict, lin_state: dict) -> dict:
 
 
 def save_lpips_params(path, params: dict):
-  """Writes params as the flat .npz `models.lpips.load_lpips_params` reads."""
+  """Writes params as the flat .npz `eval.nets.lpips.load_lpips_params` reads."""
   flat = {f"{name}/{leaf}": value for name, node in params.items()
           for leaf, value in (node.items() if isinstance(node, dict) else [("weight", node)])}
   np.savez(path, **flat)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from ardiffusion_jax.convert import conv_bn_variables, load_variables, open_state_dict, save_variables
 from ardiffusion_jax.errors import CheckpointError
-from ardiffusion_jax.models.inception import FIDInceptionV3
-from ardiffusion_jax.models.resnet3d import ResNet3D50
+from ardiffusion_jax.eval.nets.inception import FIDInceptionV3
+from ardiffusion_jax.eval.nets.resnet3d import ResNet3D50
 
 
 def _hara_module(path) -> str:

@@ -1,4 +1,4 @@
-"""The authors' PyTorch checkpoints -> our `official` variants (spec §1.8, §2.3.7).
+"""The authors' PyTorch checkpoints -> our `official` variants (docs/porting.md).
 
 `ardiff convert official-dit | official-vae | titok-init`. Each reads a state dict one
 tensor at a time (`convert.open_state_dict`), checks every key and shape against the
@@ -169,21 +169,22 @@ def _apply(rules, state, shapes, allow_missing, fresh_params):
   return flax.traverse_util.unflatten_dict(flat), missing
 
 
-def _fresh(model, *args):
+def _fresh(model):
   """Lazily initialised parameters (only built when a partial load needs them)."""
   cache = {}
 
   def get():
     if not cache:
-      params = nn.meta.unbox(model.init(jax.random.key(0), *args))["params"]
+      example = [jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()]
+      params = nn.meta.unbox(model.init(jax.random.key(0), *example))["params"]
       cache.update(flax.traverse_util.flatten_dict(jax.device_get(params)))
     return cache
   return get
 
 
-def _abstract(model, *args):
-  variables = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), *args)))
-  return variables["params"]
+def _abstract(model):
+  return nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0),
+                                      *model.example_inputs()))["params"]
 
 
 # ------------------------------------------------------------------------------- DiT
@@ -303,13 +304,12 @@ def _check_buffers(state, config, model):
 
 def convert_official_dit(input_path, output, config, allow_missing=False, allow_nonfinite=False):
   """Reads the official DiT state dict, writes an orbax checkpoint of the `official`
-  variant (its weights are the EMA ones, spec §4.2). Returns (config, missing keys)."""
+  variant (its weights are the EMA ones: the authors swap the EMA into the model before
+  every save). Returns (config, missing keys)."""
   state = open_state_dict(input_path, allow_nonfinite)
   config = dit_config_from_state(state, config)
   model = dit.dit_from_config(config.dit)
-  example = (jnp.zeros((1, model.num_frames, model.tokens_per_frame, model.in_channels)),
-             jnp.zeros((1, model.num_frames), jnp.int32))
-  rules = dit_rules(model, _abstract(model, *example))
+  rules = dit_rules(model, _abstract(model))
   table = "class_emb" if model.num_classes else "context_emb"
   context_shape = ((model.num_classes + 1,) if model.num_classes else ()) + (
       model.context_tokens, model.context_dim)
@@ -317,7 +317,7 @@ def convert_official_dit(input_path, output, config, allow_missing=False, allow_
   rules.shapes[("constants", table)] = context_shape
   buffers = _check_buffers(state, config, model)
   params, missing = _apply(rules.rules, state.without(buffers), rules.shapes, allow_missing,
-                           _fresh(model, *example))
+                           _fresh(model))
   constants = params.pop("constants")
   write_model_checkpoint(output, config, {"ema_params": params, "constants": constants})
   return config, missing
@@ -421,9 +421,8 @@ def vae_rules(model: ar_vae.ARVAE, abstract_params) -> RuleSet:
 def convert_state_to_vae(state, output, config, allow_missing=False):
   config = vae_config_from_state(state, config)
   model = ar_vae.vae_from_config(config.vae)
-  example = jnp.zeros((1, 2 if model.temporal_causal else 1, model.image_size, model.image_size, 3))
-  rules = vae_rules(model, _abstract(model, example))
-  params, missing = _apply(rules.rules, state, rules.shapes, allow_missing, _fresh(model, example))
+  rules = vae_rules(model, _abstract(model))
+  params, missing = _apply(rules.rules, state, rules.shapes, allow_missing, _fresh(model))
   write_model_checkpoint(output, config, {"params": params})
   return config, missing
 
@@ -436,9 +435,9 @@ def convert_official_vae(input_path, output, config, allow_missing=False, allow_
 
 
 def titok_to_arvae_state(state):
-  """TiTok-L-32 (VQ, token_size 12) -> an AR-VAE state dict as the authors initialise it
-  (spec §1.8): mean <- channels [0:4], logvar <- [h:h+4] with h = token_size / 2, the
-  decoder embedding's first 4 columns, the VQ codebook dropped. Unlike their code, the
+  """TiTok-L-32 (VQ, token_size 12) -> an AR-VAE state dict as the authors' VAE training
+  script initialises it: mean <- channels [0:4], logvar <- [h:h+4] with h = token_size / 2,
+  the decoder embedding's first 4 columns, the VQ codebook dropped. Unlike their code, the
   pixel codebook is copied into the soft-codebook conv (`pixel_quantize_conv`)."""
   token_size = _need(state, "encoder.conv_out.weight")[0]
   half, dim = token_size // 2, 4

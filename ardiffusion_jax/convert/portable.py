@@ -18,9 +18,9 @@ import flax
 import ml_collections
 import numpy as np
 
+from ardiffusion_jax import runs
 from ardiffusion_jax.convert import write_model_checkpoint
 from ardiffusion_jax.errors import CheckpointError
-from ardiffusion_jax.train.checkpoint import Checkpointer, checkpoint_dir
 
 FORMAT = "ardiffusion_jax-portable/1"
 FORMATS = ("safetensors", "orbax")
@@ -34,41 +34,15 @@ class Bundle:
   weights: str  # "ema" or "raw"
 
 
-def _kind(state) -> str:
-  """A VAE run holds its discriminator, a converted VAE only `params`; a DiT holds its
-  EMA or the official context tokens."""
-  if "disc_params" in state or not ({"ema_params", "constants"} & set(state)):
-    return "vae"
-  return "dit"
-
-
-def _variables(state, kind, use_ema):
-  if kind == "vae":  # the EMA when the run kept one (vae_train.ema_decay), else the raw weights
-    with_ema = use_ema and bool(state.get("ema_params"))
-    return {"params": state["ema_params" if with_ema else "params"]}, "ema" if with_ema else "raw"
-  key = "ema_params" if use_ema else "params"
-  if key not in state:
-    raise CheckpointError(f"this DiT checkpoint holds no {key!r} (it holds {sorted(state)}); "
-                          f"{'drop' if not use_ema else 'add'} --no-ema")
-  variables = {"params": state[key]}
-  if state.get("constants"):
-    variables["constants"] = state["constants"]
-  return variables, "ema" if use_ema else "raw"
-
-
 def export(ckpt, fmt: str, out, use_ema: bool = True) -> Bundle:
   """Writes the newest checkpoint of a DiT or AR-VAE run as a portable folder `out`."""
   if fmt not in FORMATS:
     raise CheckpointError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
-  checkpointer = Checkpointer(checkpoint_dir(ckpt), async_save=False)
-  try:
-    _, config, state = checkpointer.load_latest()
-  finally:
-    checkpointer.close()
-  config = json.loads(config.to_json_best_effort())
-  kind = _kind(state)
-  variables, weights = _variables(state, kind, use_ema)
-  flat = {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(variables, sep="/").items()}
+  run = runs.load_run(ckpt, use_ema=use_ema)
+  config = json.loads(run.config.to_json_best_effort())
+  kind, weights = run.kind, run.weights
+  flat = {k: np.asarray(v)
+          for k, v in flax.traverse_util.flatten_dict(run.variables, sep="/").items()}
   out = pathlib.Path(out)
   if out.exists() and any(out.iterdir()):
     raise CheckpointError(f"{out} is not empty; choose a new --out folder")

@@ -15,6 +15,7 @@ import tqdm
 
 from ardiffusion_jax import generate, sampling
 from ardiffusion_jax.data import datasets
+from ardiffusion_jax.data.synthetic import BouncingShapes
 from ardiffusion_jax.errors import ConfigError
 from ardiffusion_jax.eval import fid as fid_lib
 from ardiffusion_jax.eval import fvd as fvd_lib
@@ -51,12 +52,12 @@ def check_s_values(s_values, num_steps=None):
 
 
 def real_clips(data, num_frames: int, num: int) -> np.ndarray:
-  """`num` real uint8 clips of `num_frames` frames: held-out synthetic videos (seed + 1000)
-  or the configured dataset's files."""
+  """`num` real uint8 clips of `num_frames` frames: the synthetic generator's held-out
+  split, or the configured dataset's files."""
   data = data.copy_and_resolve_references()
   data.num_frames = num_frames
   if data.name == "synthetic":
-    source = datasets.video_source(data, seed=data.seed + 1000, num_videos=num)
+    source = BouncingShapes.held_out(data, num)
   else:
     source = datasets.video_source(data)
   if len(source) < num:

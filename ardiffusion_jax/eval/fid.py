@@ -18,8 +18,8 @@ import numpy as np
 
 from ardiffusion_jax.convert.metric_nets import load_metric_net
 from ardiffusion_jax.eval.fvd import BatchedFeatures, resize_bilinear_tf1
-from ardiffusion_jax.models.inception import FIDInceptionV3
-from ardiffusion_jax.models.resnet3d import ResNet3D50
+from ardiffusion_jax.eval.nets.inception import FIDInceptionV3
+from ardiffusion_jax.eval.nets.resnet3d import ResNet3D50
 
 KINETICS_MEAN = np.array([114.7748, 107.7354, 99.4750], np.float32)
 SEGMENT = 16

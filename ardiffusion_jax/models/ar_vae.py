@@ -1,10 +1,10 @@
 """AR-VAE: a TiTok-style 1D video tokenizer with an optional temporally causal decoder.
 
-Frames are encoded one by one into 32 continuous tokens of 4 dims (spec §1). The
+Frames are encoded one by one into 32 continuous tokens of 4 dims. The
 decoder turns tokens back into pixels through a ViT over mask tokens, a soft codebook
 and the MaskGIT-VQGAN pixel decoder. With `temporal_causal=True` every decoder layer
 first attends over time, so frame f's reconstruction sees the latents and pixel
-features of frames <= f only (spec §1.5).
+features of frames <= f only (the authors' `TiTok_KL_wT`).
 
 Variants (flags, one module):
 | flag | official | clean |
@@ -39,9 +39,8 @@ PRESETS = {
                   pixel_hidden=128, channel_mult=(1, 1, 2, 2, 4), pixel_res_blocks=2,
                   pixel_z_channels=256, pixel_codebook_size=1024, norm_groups=32),
     # tiny: the pixel decoder is most of the cost. 8 wide and one res block a level learn
-    # almost as much per step as 16 wide and two, in less time: at batch 16, one res block
-    # ran 2,975 steps instead of 2,032 in the 10-minute bench, 22.6 against 21.8 dB
-    # (README, "Reconstruction quality").
+    # almost as much per step as 16 wide and two at a fraction of the step time, so more
+    # steps fit a time budget (measured: docs/results.md, docs/experiments/tokenizer.md).
     "tiny": dict(width=64, depth=2, num_heads=2, image_size=64, patch_size=8,
                  pixel_hidden=8, channel_mult=(1, 1, 2, 2), pixel_res_blocks=1,
                  pixel_z_channels=32, pixel_codebook_size=64, norm_groups=4),
@@ -63,7 +62,7 @@ def legacy_moments(tokens, kernel, bias):
 # TiTok's initialisation (its `_init_weights`): Linear and conv kernels N(0, 0.02) with zero
 # biases, except the attention's packed in-projection (PyTorch's Xavier-uniform); the learned
 # embeddings N(0, 1/width). Positions then dominate the tokens at the start, which is what
-# lets attention route patches to latent tokens and latent tokens to pixels (README, AR-VAE).
+# lets attention route patches to latent tokens and latent tokens to pixels.
 LINEAR_INIT = nn.initializers.normal(0.02)
 
 
@@ -79,7 +78,7 @@ def _embedding(module, name, shape, axes, codes=None):
   return module.param(name, layers.param_with_axes(init, axes), shape, jnp.float32)
 
 
-# `spatial_init` (the tiny synthetic configs; README, "Spatial initialisation"): the
+# `spatial_init` (the tiny synthetic configs; docs/architecture.md, "The AR-VAE"): the
 # positions of patch tokens and latent tokens start as 2-D Fourier codes whose dot products
 # fall off with distance, and every ViT block's query and key projections start equal, so
 # attention starts local: each latent token reads the patches of its own region, each patch
@@ -159,7 +158,7 @@ class ViTBlock(nn.Module):
 
 
 class TemporalBlocks(nn.Module):
-  """The two causal-in-time blocks run before each decoder layer (spec §1.5).
+  """The two causal-in-time blocks run before each decoder layer (the authors' `TiTok_KL_wT`).
 
   pixels: [B, T, P, D]; latents: [B, T, L, D]. Fine: each pixel position attends over
   time (frames <= t). Coarse: each frame's latent and pixel tokens attend to the latent
@@ -402,10 +401,17 @@ class ARVAE(nn.Module):
                                       self.norm_groups, self.nin_shortcut_quirk,
                                       self.pixel_res_blocks, dtype=self.dtype)
     if self.proxy_head:
-      # Training only: reads each patch's pixels straight off the decoder ViT (README, AR-VAE).
+      # Training only: reads each patch's pixels straight off the decoder ViT, a direct
+      # gradient for both ViTs (docs/architecture.md, "The AR-VAE").
       self.proxy_patch_head = layers.dense(self.patch_size ** 2 * 3, ("embed", None),
                                            "proxy_patch_head", kernel_init=layers.zeros,
                                            dtype=self.dtype)
+
+  def example_inputs(self, frames: int = 1, batch: int = 1):
+    """Abstract (video,) for `init` and `eval_shape`: RGB frames in [0, 1]
+    as float32 [B, frames, H, W, 3]. The weights do not depend on `frames`."""
+    return (jax.ShapeDtypeStruct((batch, frames, self.image_size, self.image_size, 3),
+                                 jnp.float32),)
 
   def encode(self, video):
     """video [B, T, H, W, 3] in [0, 1] -> (mean, logvar), each [B, T, L, token_dim].

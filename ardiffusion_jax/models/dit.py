@@ -2,7 +2,7 @@
 
 `DiT(...).apply(variables, x [B,F,L,C], t [B,F], label=None)` returns the prediction
 [B,F,L,C] (x̂0 in the paper). Two variants share this one module; each difference is a
-flag so ablations can isolate it (design §2):
+flag so ablations can isolate it (docs/architecture.md):
 
 | flag | official (authors' release) | clean (default for new training) |
 |---|---|---|
@@ -85,7 +85,7 @@ class Block(nn.Module):
   """One transformer block with per-frame adaLN modulation.
 
   x: [B, C + F·L, D] (C context tokens first); cond: [B, F, D]. `share_norm` follows the
-  authors (spec §2.3.2): the stream is replaced by LN(x) before each branch, and the
+  authors' `DiT_crossattn` block: the stream is replaced by LN(x) before each branch, and the
   context tokens are neither modulated nor gated. Returns (x, kv): kv is None, or with a
   `kv_cache` this layer's (keys, values) of the video tokens.
   """
@@ -191,6 +191,14 @@ class DiT(nn.Module):
                           lambda: 0.1 * jax.random.normal(self.make_rng("params"), shape)).value
     context = jnp.broadcast_to(table, (batch,) + shape)
     return jnp.where((label == NO_CONTEXT)[:, None, None], jnp.zeros_like(context), context)
+
+  def example_inputs(self, batch: int = 1):
+    """Abstract (x, t, label) for `init`, `eval_shape` and AOT lowering: latents
+    [B, num_frames, tokens, channels], one timestep per frame, one label per video."""
+    return (jax.ShapeDtypeStruct((batch, self.num_frames, self.tokens_per_frame,
+                                  self.in_channels), jnp.float32),
+            jax.ShapeDtypeStruct((batch, self.num_frames), jnp.int32),
+            jax.ShapeDtypeStruct((batch,), jnp.int32))
 
   @property
   def strictly_causal(self) -> bool:

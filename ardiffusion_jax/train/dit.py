@@ -119,13 +119,6 @@ def jit_train_step(model, tx, config, shardings, mesh):
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def example_inputs(model):
-  """Abstract (x, t, label) of batch 1 for initialising `model`."""
-  frames, tokens, channels = model.num_frames, model.tokens_per_frame, model.in_channels
-  return [jax.ShapeDtypeStruct((1, frames, tokens, channels), jnp.float32),
-          jax.ShapeDtypeStruct((1, frames), jnp.int32), jax.ShapeDtypeStruct((1,), jnp.int32)]
-
-
 def latent_source(config, model):
   """The latent shards named by `train.latents_dir`, checked against the model."""
   source = latents.LatentShards(latents.shard_paths(config.train.latents_dir))
@@ -147,7 +140,7 @@ def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResu
   source = latent_source(config, model)
   data_iterator = pipeline.global_batches(source, config.train.batch_size,
                                           seed=config.seed, fields=("latents", "label"))
-  example = example_inputs(model)
+  example = model.example_inputs()
   abstract_state, shardings = state_lib.abstract_train_state(model, tx, mesh, example)
   settings = loop.LoopSettings.from_config(config.train)
   return loop.run(

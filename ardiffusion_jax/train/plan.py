@@ -6,7 +6,6 @@ temporaries depend on the backend's fusion and are a rough guide for GPU/TPU.
 """
 
 import jax
-import jax.numpy as jnp
 
 from ardiffusion_jax.models import dit
 from ardiffusion_jax.train import dit as train_dit
@@ -21,16 +20,14 @@ def plan_train_step(config, devices) -> dict:
   mesh = sharding.make_mesh(config.mesh, devices)
   model = dit.dit_from_config(config.dit)
   tx = state_lib.make_optimizer(config.train)
-  frames, tokens, channels = model.num_frames, model.tokens_per_frame, model.in_channels
-  example = [jax.ShapeDtypeStruct((1, frames, tokens, channels), jnp.float32),
-             jax.ShapeDtypeStruct((1, frames), jnp.int32),
-             jax.ShapeDtypeStruct((1,), jnp.int32)]
-  abstract_state, shardings = state_lib.abstract_train_state(model, tx, mesh, example)
+  abstract_state, shardings = state_lib.abstract_train_state(model, tx, mesh,
+                                                             model.example_inputs())
   batch_size = config.train.batch_size
+  latents, _, label = model.example_inputs(batch_size)
   batch = {
-      "latents": jax.ShapeDtypeStruct((batch_size, frames, tokens, channels), jnp.float32,
+      "latents": jax.ShapeDtypeStruct(latents.shape, latents.dtype,
                                       sharding=sharding.batch_sharding(mesh, 4)),
-      "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32,
+      "label": jax.ShapeDtypeStruct(label.shape, label.dtype,
                                     sharding=sharding.batch_sharding(mesh, 1)),
   }
   with sharding.mesh_context(mesh):

@@ -5,7 +5,7 @@ single frames through the sampled, normalised latent, plus `vae_train.proxy_weig
 the proxy head's MSE when the model has one (`vae.proxy_head`). Stage 2: from
 `vae_train.disc_start` the PatchGAN joins; odd steps train the discriminator only and
 even steps the generator, whose adversarial term is weighted by the ratio of gradient
-norms at the decoder's last layer (spec §1.6-1.7).
+norms at the decoder's last layer, as in the authors' VAE training.
 Stage 3 (`vae_causal`): the temporally causal decoder blocks are finetuned on clips,
 everything else frozen, starting from a stage-2 checkpoint.
 With `vae_train.ema_decay > 0` the state also keeps an EMA of the generator (the authors
@@ -19,19 +19,16 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-import tqdm
 from flax import struct
 
-from ardiffusion_jax import config as config_lib
+from ardiffusion_jax import config as config_lib, runs
 from ardiffusion_jax.data import datasets, pipeline
-from ardiffusion_jax.data.synthetic import BouncingShapes
 from ardiffusion_jax.errors import CheckpointError
-from ardiffusion_jax.models import ar_vae, discriminator, lpips
+from ardiffusion_jax.eval.nets import lpips
+from ardiffusion_jax.models import ar_vae, discriminator
 from ardiffusion_jax.train import loop, sharding
 from ardiffusion_jax.train import state as state_lib
-from ardiffusion_jax.train.checkpoint import Checkpointer, checkpoint_dir
 
 LAST_LAYER = ("pixel_decoder", "conv_out", "kernel")
 
@@ -45,13 +42,6 @@ class VAEState(struct.PyTreeNode):
   disc_batch_stats: Any
   disc_opt_state: Any
   rng: jax.Array
-
-
-def inference_params(state):
-  """The generator weights to encode and decode with: the EMA when the run keeps one.
-  `state` is a VAEState or a restored checkpoint dict."""
-  get = state.get if isinstance(state, dict) else lambda key: getattr(state, key, None)
-  return get("ema_params") or get("params")
 
 
 def trainable_mask(params, trainable: str):
@@ -227,9 +217,8 @@ def _models(config):
 def vae_state_init(model, disc_model, g_tx, d_tx, config):
   """key -> VAEState (for jit or eval_shape) and a function giving its shardings."""
   train_config = config.vae_train
-  frames = train_config.clip_frames
-  size = model.image_size
-  video = jnp.zeros((1, frames, size, size, 3), jnp.float32)
+  (example,) = model.example_inputs(train_config.clip_frames)
+  video = jnp.zeros(example.shape, example.dtype)
   with_ema = train_config.ema_decay > 0
 
   def init(key):
@@ -269,14 +258,10 @@ def _warm_start(state, init_from):
   """Copies generator params (its EMA, if it kept one) from another run's newest
   checkpoint (stage 3 from stage 2); parameters missing there (the temporal blocks) keep
   their fresh initialisation. This run's EMA, if any, starts from the same weights."""
-  checkpointer = Checkpointer(checkpoint_dir(init_from), async_save=False)
   try:
-    _, _, saved = checkpointer.load_latest()
+    source = runs.load_run(init_from, "vae").variables["params"]
   except CheckpointError as error:
     raise CheckpointError(f"vae_train.init_from={init_from!r}: {error}") from error
-  finally:
-    checkpointer.close()
-  source = inference_params(saved)
 
   def pick(path, fresh):
     node = source
@@ -295,20 +280,6 @@ def _warm_start(state, init_from):
   return state.replace(params=params, ema_params=ema_params)
 
 
-def held_out_psnr(config, params, num_videos: int, progress: bool = False) -> float:
-  """PSNR (dB) of the mean-latent reconstruction of synthetic clips the run never saw
-  (the dataset's seed + 1000), pooled over every frame."""
-  model = ar_vae.vae_from_config(config.vae)
-  held_out = BouncingShapes.from_config(config.data, seed=config.data.seed + 1000,
-                                        num_videos=num_videos)
-  reconstruct = jax.jit(lambda video: model.apply({"params": params}, video)[0])
-  errors = []
-  for i in tqdm.trange(num_videos, desc="VAE held-out PSNR", unit="clip", disable=not progress):
-    video = jnp.asarray(held_out[i]["video"][None], jnp.float32) / 255.0
-    errors.append(float(jnp.mean(jnp.square(jnp.clip(reconstruct(video), 0, 1) - video))))
-  return float(-10 * np.log10(np.mean(errors)))
-
-
 def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResult:
   """`ardiff train-vae`: trains the AR-VAE stage the config describes."""
   train_config = config.vae_train
@@ -316,10 +287,8 @@ def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResu
   config_lib.validate(config, num_devices=len(devices))
   mesh = sharding.make_mesh(config.mesh, devices)
   model, disc_model = _models(config)
-  size = model.image_size
-  params_shape = jax.eval_shape(
-      lambda: nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, train_config.clip_frames,
-                                                                     size, size, 3))))["params"])
+  params_shape = nn.meta.unbox(jax.eval_shape(
+      model.init, jax.random.key(0), *model.example_inputs(train_config.clip_frames)))["params"]
   g_tx, d_tx = make_optimizers(train_config, params_shape)
   init, shardings_of = vae_state_init(model, disc_model, g_tx, d_tx, config)
   shardings = shardings_of(mesh)
@@ -330,7 +299,7 @@ def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResu
     return _warm_start(state, train_config.init_from) if train_config.init_from else state
 
   # One jitted step per phase, picked on the host: a lax.switch over the three made
-  # every step about 50x slower on XLA CPU.
+  # every step about 50x slower on XLA CPU (docs/results.md).
   step = make_vae_step(model, disc_model, g_tx, d_tx, train_config,
                        perceptual_loss_fn(train_config))
   jitted = {phase: jax.jit(functools.partial(step, phase=phase), in_shardings=(shardings, None),

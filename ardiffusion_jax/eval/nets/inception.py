@@ -2,8 +2,9 @@
 
 Module names follow torchvision's Inception3 state dict (`Mixed_5b.branch1x1.conv`), so
 `convert.metric_nets` maps pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` key by key.
-FID quirks kept (metrics notes §2.4): the pool branches of Mixed_5b-5d, 6b-6e and 7b
-average over valid pixels only (TF padding), Mixed_7c max-pools, BatchNorm eps 1e-3.
+FID quirks kept (the TF reference's, as pytorch-fid ports them): the pool branches of
+Mixed_5b-5d, 6b-6e and 7b average over valid pixels only (TF padding), Mixed_7c
+max-pools, BatchNorm eps 1e-3.
 Input: NHWC in [-1, 1] at 299×299; output: the 2048-d pool3 features.
 """
 

@@ -28,7 +28,7 @@ class LPIPS(nn.Module):
   """Distance [N] between image batches [N, H, W, 3].
 
   `rescale_inputs` maps [0, 1] images to the [-1, 1] LPIPS expects; the authors feed
-  [0, 1] straight in (spec §1.6), which `rescale_inputs=False` reproduces.
+  [0, 1] straight in, which `rescale_inputs=False` reproduces.
   """
   rescale_inputs: bool = True
 
