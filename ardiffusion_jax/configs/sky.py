@@ -18,7 +18,7 @@ Run:
   ardiff train-vae --config configs/sky.py:vae_smoke --workdir runs/sky_check --set data.root=/data/sky
 """
 
-from ardiffusion_jax.config import video_dataset_config
+from ardiffusion_jax.configs.video import video_dataset_config
 
 
 def get_config(arg=None):

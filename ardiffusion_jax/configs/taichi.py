@@ -17,7 +17,7 @@ Run:
   ardiff train-vae --config configs/taichi.py:vae_smoke --workdir runs/taichi_check --set data.root=/data/taichi
 """
 
-from ardiffusion_jax.config import video_dataset_config
+from ardiffusion_jax.configs.video import video_dataset_config
 
 
 def get_config(arg=None):

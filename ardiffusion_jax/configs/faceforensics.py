@@ -17,7 +17,7 @@ Run:
   ardiff train-vae --config configs/faceforensics.py:vae_smoke --workdir runs/faceforensics_check --set data.root=/data/faceforensics
 """
 
-from ardiffusion_jax.config import video_dataset_config
+from ardiffusion_jax.configs.video import video_dataset_config
 
 
 def get_config(arg=None):
