@@ -3,10 +3,15 @@
 import argparse
 import sys
 
-from ardiffusion_jax.errors import (CheckpointError, ConfigError, DataError, TrainingDiverged,
-                                   WorkdirLocked)
+from ardiffusion_jax.errors import (ArgumentError, CheckpointError, ConfigError, DataError,
+                                   TrainingDiverged, WorkdirLocked)
 
 DEFAULT_CONFIG = "configs/synthetic.py:default"
+# The library's argument names (ArgumentError.argument) -> the flags that set them.
+FLAGS = {"cfg_scale": "--cfg", "input": "--input", "label": "--label",
+         "metrics": "--metrics", "num": "--num", "overrides": "--set",
+         "s_values": "--s", "sampling_steps": "--steps", "vae_ckpt": "--vae-ckpt"}
+
 
 def _add_config(parser, default=DEFAULT_CONFIG):
   parser.add_argument("--config", default=default,
@@ -42,7 +47,7 @@ def _init_jax(args):
     jax.config.update("jax_num_cpu_devices", args.local_devices)
   if getattr(args, "coordinator", None):
     if args.num_processes is None or args.process_id is None:
-      raise ConfigError("--coordinator", "needs --num-processes and --process-id")
+      raise ArgumentError("--coordinator", "needs --num-processes and --process-id")
     jax.distributed.initialize(coordinator_address=args.coordinator,
                                num_processes=args.num_processes, process_id=args.process_id)
   elif getattr(args, "distributed", False):
@@ -254,9 +259,9 @@ def _eval(args) -> int:
   try:
     s_values = [int(x) for x in args.s.split(",")]
   except ValueError as error:
-    raise ConfigError("--s", f"expected comma-separated integers, got {args.s!r}") from error
+    raise ArgumentError("--s", f"expected comma-separated integers, got {args.s!r}") from error
   if args.num < 2:
-    raise ConfigError("--num", f"the Fréchet distance needs at least 2 clips, got {args.num}")
+    raise ArgumentError("--num", f"the Fréchet distance needs at least 2 clips, got {args.num}")
   metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
   report = evaluate.evaluate(config, args.ckpt, args.out, metrics, s_values, args.num,
                              vae_ckpt=args.vae_ckpt, batch_size=args.batch_size, seed=args.seed,
@@ -334,7 +339,7 @@ def main(argv=None) -> int:
       from ardiffusion_jax.extract import extract as run_extract
       config = config_lib.load_config(args.config, args.overrides)
       if args.shard_size < 1 or args.batch_size < 1:
-        raise ConfigError("--shard-size", "shard and batch sizes must be >= 1")
+        raise ArgumentError("--shard-size", "shard and batch sizes must be >= 1")
       result = run_extract(config, args.vae_ckpt, args.out, args.shard_size, args.batch_size)
       print(f"ardiff extract: {result['clips_written']} clips written, "
             f"{result['skipped']} of {result['shards']} shards already done, "
@@ -361,6 +366,10 @@ def main(argv=None) -> int:
       return 0
     from ardiffusion_jax import bench  # the one command left: argparse allows no other
     return bench.main(args.bench_args)
+  except ArgumentError as error:  # a library argument: say which flag sets it
+    print(f"ardiff {args.command}: error: {FLAGS.get(error.argument, error.argument)}: "
+          f"{error.reason}", file=sys.stderr)
+    return 1
   except (ConfigError, DataError, CheckpointError, TrainingDiverged, WorkdirLocked) as error:
     print(f"ardiff {args.command}: error: {error}", file=sys.stderr)
     return 1
@@ -371,30 +380,30 @@ def _sample(args) -> int:
   for flag, value, low in (("--frames", args.frames, 1), ("--num", args.num, 1),
                            ("--batch-size", args.batch_size, 1), ("--s", args.s, 0)):
     if value < low:
-      raise ConfigError(flag, f"must be >= {low}, got {value}")
+      raise ArgumentError(flag, f"must be >= {low}, got {value}")
   generator = generate.Generator.from_checkpoint(
       args.ckpt, vae_ckpt=args.vae_ckpt, use_ema=not args.no_ema, sampling_steps=args.steps)
   if generator.vae is None and not args.latents_only:
     raise CheckpointError("no AR-VAE is known for this DiT, so the samples cannot be decoded: "
                           "pass --vae-ckpt RUN, or --latents-only")
   if args.s > generator.grid.num_steps:
-    raise ConfigError("--s", f"must be in [0, S={generator.grid.num_steps}], got {args.s}")
+    raise ArgumentError("--s", f"must be in [0, S={generator.grid.num_steps}], got {args.s}")
   mode = args.mode or generator.default_mode
   context = None
   if args.context_frames is not None and not 1 <= args.context_frames < args.frames:
-    raise ConfigError("--context-frames", f"must be in [1, --frames - 1 = {args.frames - 1}], "
+    raise ArgumentError("--context-frames", f"must be in [1, --frames - 1 = {args.frames - 1}], "
                                           f"got {args.context_frames}")
   if args.context:
     keep = min(args.context_frames or args.frames - 1, args.frames - 1)
     context = generator.context_from_file(args.context, keep)
     if args.context_frames and len(context) < args.context_frames:
-      raise ConfigError("--context-frames", f"{args.context} has only {len(context)} frames")
+      raise ArgumentError("--context-frames", f"{args.context} has only {len(context)} frames")
   try:
     latents, timing = generator.sample_latents(
         args.num, args.frames, args.s, batch_size=args.batch_size, seed=args.seed,
         label=args.label, cfg_scale=args.cfg, context=context, mode=mode, eta=args.eta)
   except ValueError as error:  # a setting the sampler cannot run, with the constraint named
-    raise ConfigError("sample", str(error)) from error
+    raise ArgumentError("sample", str(error)) from error
   videos = None if args.latents_only else generator.decode(latents)
   settings = dict(ckpt=str(args.ckpt), frames=args.frames, s=args.s, num=args.num,
                   steps=generator.grid.num_steps, mode=mode, cfg=args.cfg,
@@ -410,7 +419,7 @@ def _sample(args) -> int:
 def _plan(args) -> int:
   import os
   if args.devices < 1:
-    raise ConfigError("--devices", f"must be >= 1, got {args.devices}")
+    raise ArgumentError("--devices", f"must be >= 1, got {args.devices}")
   # Fake CPU devices must be requested before JAX starts its backend.
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -422,7 +431,7 @@ def _plan(args) -> int:
   from ardiffusion_jax import config as config_lib
   from ardiffusion_jax.train import plan
   if jax.device_count() < args.devices:
-    raise ConfigError("--devices", f"JAX already started with {jax.device_count()} devices")
+    raise ArgumentError("--devices", f"JAX already started with {jax.device_count()} devices")
   config = config_lib.load_config(args.config, args.overrides, num_devices=args.devices)
   result = plan.plan_train_step(config, jax.devices()[:args.devices])
   print(plan.format_plan(result))

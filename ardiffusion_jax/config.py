@@ -14,7 +14,7 @@ import ml_collections
 
 from ardiffusion_jax import diffusion, timesteps
 from ardiffusion_jax.data import synthetic
-from ardiffusion_jax.errors import ConfigError
+from ardiffusion_jax.errors import ArgumentError, ConfigError
 
 CONFIGS = "configs"  # the folder name configs are given under: configs/<name>.py
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -65,7 +65,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides):
     key, sep, raw = item.partition("=")
     names = key.strip().split(".")
     if not sep or not all(names):
-      raise ConfigError("--set", f"an override must look like field.sub=value, got {item!r}")
+      raise ArgumentError("overrides", f"an override must look like field.sub=value, got {item!r}")
     try:
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -106,10 +106,10 @@ def _check_override_value(key: str, current, value):
     raise ConfigError(key, f"must be a finite number, got {value!r}")
 
 
-def check_sampling_steps(steps, diffusion_config, field: str = "diffusion.sampling_steps") -> int:
+def check_sampling_steps(steps, diffusion_config) -> int:
   """DDIM steps S against a diffusion section: in [1, num_timesteps], and dividing
-  num_timesteps on the official grid. `field` names where S came from (a config field or
-  a flag such as --steps)."""
+  num_timesteps on the official grid."""
+  field = "diffusion.sampling_steps"
   total = diffusion_config.num_timesteps
   _require(isinstance(steps, int) and not isinstance(steps, bool), field,
            f"must be an int, got {steps!r}")
@@ -117,8 +117,8 @@ def check_sampling_steps(steps, diffusion_config, field: str = "diffusion.sampli
   if diffusion_config.ddim_grid == "official" and total % steps:
     divisors = [d for d in range(1, total + 1) if total % d == 0]
     shown = ", ".join(map(str, divisors)) if len(divisors) <= 32 else f"{divisors[1]}, ..."
-    raise ConfigError(field, f"the official DDIM grid needs {field} to divide {total} "
-                             f"({shown}), got {steps}")
+    raise ConfigError(field, f"the official DDIM grid needs the number of steps to divide "
+                             f"{total} ({shown}), got {steps}")
   return steps
 
 

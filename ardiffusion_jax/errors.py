@@ -10,6 +10,16 @@ class ConfigError(ValueError):
     super().__init__(f"config.{field}: {reason}")
 
 
+class ArgumentError(ValueError):
+  """A function's argument is out of range or inconsistent with the model or data;
+  `argument` is its name. The CLI prints the flag that sets it instead."""
+
+  def __init__(self, argument: str, reason: str):
+    self.argument = argument
+    self.reason = reason
+    super().__init__(f"{argument}: {reason}")
+
+
 class DataError(RuntimeError):
   """A dataset file or folder cannot be used."""
 

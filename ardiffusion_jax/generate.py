@@ -17,7 +17,7 @@ import tqdm
 from ardiffusion_jax import config as config_lib
 from ardiffusion_jax import diffusion, runs, sampling, viz
 from ardiffusion_jax.data import video as video_lib
-from ardiffusion_jax.errors import CheckpointError, ConfigError, DataError
+from ardiffusion_jax.errors import ArgumentError, CheckpointError, ConfigError, DataError
 from ardiffusion_jax.models import ar_vae, dit
 
 LATENTS_INFO = "latents_info.json"  # written by `ardiff extract` next to the shards
@@ -71,8 +71,12 @@ class Generator:
     run that encoded the DiT's latents; without one, only latents can be produced."""
     run = runs.load_run(ckpt, "dit", use_ema=use_ema)
     config = run.config
-    steps = (config.diffusion.sampling_steps if sampling_steps is None else
-             config_lib.check_sampling_steps(sampling_steps, config.diffusion, "--steps"))
+    steps = config.diffusion.sampling_steps
+    if sampling_steps is not None:
+      try:
+        steps = config_lib.check_sampling_steps(sampling_steps, config.diffusion)
+      except ConfigError as error:  # the argument, not the run's config, is wrong
+        raise ArgumentError("sampling_steps", error.reason) from error
     grid = diffusion.ddim_grid(config.diffusion.ddim_grid,
                                 diffusion.alphas_from_config(config.diffusion), steps)
     generator = cls(config, run.model(), run.variables, grid)
@@ -143,17 +147,17 @@ class Generator:
     if label is None:
       return None
     if not self.model.num_classes:
-      raise ConfigError("--label", "this DiT is unconditional (dit.num_classes = 0)")
+      raise ArgumentError("label", "this DiT is unconditional (dit.num_classes = 0)")
     label = np.broadcast_to(np.asarray(label, np.int32), (num,))
     limit = self.model.num_classes + (0 if self.model.context_tokens else -1)
     if label.min() < 0 or label.max() > limit:
-      raise ConfigError("--label", f"labels must be in [0, {limit}], got {label.tolist()}")
+      raise ArgumentError("label", f"labels must be in [0, {limit}], got {label.tolist()}")
     return label
 
   def _require_vae(self):
     if self.vae is None:
-      raise CheckpointError("no AR-VAE is known for this DiT: pass --vae-ckpt (the run that "
-                            "encoded its training latents)")
+      raise ArgumentError("vae_ckpt", "no AR-VAE is known for this DiT: name the run that "
+                                      "encoded its training latents")
 
   def decode(self, latents, batch_size: int = 4) -> np.ndarray:
     """Latents [N, F, L, C] -> uint8 videos [N, F, H, W, 3] (the decoder normalises tokens)."""

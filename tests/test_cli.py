@@ -103,13 +103,13 @@ def dit_run(tmp_path_factory):
     ("-3", r"must be in \[1, num_timesteps=1000\], got -3"),
     ("0", r"must be in \[1, num_timesteps=1000\], got 0"),
     ("5000", r"must be in \[1, num_timesteps=1000\], got 5000"),
-    ("30", "the official DDIM grid needs --steps to divide 1000"),
+    ("30", "the official DDIM grid needs the number of steps to divide 1000"),
 ])
 def test_sample_refuses_bad_steps(dit_run, tmp_path, capsys, steps, reason):
   assert cli.main(["sample", "--ckpt", str(dit_run), "--latents-only", "--steps", steps,
                    "--out", str(tmp_path / "out")]) == 1
   err = capsys.readouterr().err
-  assert err.startswith("ardiff sample: error: config.--steps: ") and len(err.splitlines()) == 1
+  assert err.startswith("ardiff sample: error: --steps: ") and len(err.splitlines()) == 1
   assert re.search(reason, err)
   assert not (tmp_path / "out").exists()
 
@@ -119,7 +119,7 @@ def test_eval_refuses_s_outside_the_dits_steps(dit_run, tmp_path, capsys, s_valu
   assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(dit_run),
                    "--out", str(tmp_path / "out"), f"--s={s_values}"]) == 1
   err = capsys.readouterr().err
-  assert err.startswith("ardiff eval: error: config.--s: ") and len(err.splitlines()) == 1
+  assert err.startswith("ardiff eval: error: --s: ") and len(err.splitlines()) == 1
   assert ("[0, S=10]" if bad != "-1" else ">= 0") in err and bad in err
   assert not (tmp_path / "out").exists()
 
@@ -129,7 +129,7 @@ def test_guidance_scales_are_checked_before_sampling(dit_run, tmp_path, capsys):
   eval_args = ["eval", "--config", "configs/synthetic.py:smoke", "--s=0",
                "--out", str(tmp_path / "out")]
   assert cli.main(eval_args + ["--ckpt", str(dit_run), "--cfg=-1"]) == 1
-  assert "config.--cfg: the guidance scale must be a number >= 0" in capsys.readouterr().err
+  assert "--cfg: the guidance scale must be a number >= 0" in capsys.readouterr().err
   # A clean unconditional DiT has no null condition: refused, saying why.
   config = config_lib.load_config("configs/synthetic.py:smoke",
                                   ["dit.num_classes=0", "dit.variant='clean'"])
@@ -144,7 +144,15 @@ def test_eval_refuses_an_empty_metric_list(tmp_path, capsys):
   assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(tmp_path),
                    "--out", str(tmp_path / "out"), "--metrics", " , "]) == 1
   err = capsys.readouterr().err
-  assert "config.--metrics: " in err and "fvd16" in err and "physics" in err
+  assert "--metrics: " in err and "fvd16" in err and "physics" in err
   assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(tmp_path),
                    "--out", str(tmp_path / "out"), "--metrics", ""]) == 1
-  assert "config.--metrics: " in capsys.readouterr().err
+  assert "--metrics: " in capsys.readouterr().err
+
+
+def test_library_argument_errors_name_the_flag_that_sets_them(capsys):
+  """The library names its argument (overrides); the CLI says which flag that is."""
+  assert cli.main(["plan", "--config", "configs/synthetic.py:smoke", "--set", "mesh.fsdp"]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("ardiff plan: error: --set: an override must look like field.sub=value")
+  assert len(err.splitlines()) == 1

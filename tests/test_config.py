@@ -3,7 +3,7 @@
 import pytest
 
 from ardiffusion_jax import config as config_lib
-from ardiffusion_jax.errors import ConfigError
+from ardiffusion_jax.errors import ArgumentError, ConfigError
 
 
 @pytest.mark.parametrize("variant", ["default", "smoke"])
@@ -64,7 +64,7 @@ def test_overrides_keep_types_and_reject_unknown_fields():
     config_lib.load_config("configs/synthetic.py:smoke", ["data.frames=12"])
   with pytest.raises(ConfigError, match="data.num_frames"):
     config_lib.load_config("configs/synthetic.py:smoke", ["data.num_frames='many'"])
-  with pytest.raises(ConfigError, match="field.sub=value"):
+  with pytest.raises(ArgumentError, match="overrides: an override must look like field.sub=value"):
     config_lib.load_config("configs/synthetic.py:smoke", ["data.num_frames"])
 
 
@@ -85,10 +85,10 @@ def test_pixel_res_blocks_is_validated_where_a_config_sets_it():
 
 @pytest.mark.parametrize("override,field,reason", [
     ("train.lr.x=3", "train.lr", "is a value, not a section"),
-    ("=3", "--set", "must look like field.sub=value"),
-    ("train.=3", "--set", "must look like field.sub=value"),
-    (".lr=3", "--set", "must look like field.sub=value"),
-    ("train..lr=3", "--set", "must look like field.sub=value"),
+    ("=3", "overrides", "must look like field.sub=value"),
+    ("train.=3", "overrides", "must look like field.sub=value"),
+    (".lr=3", "overrides", "must look like field.sub=value"),
+    ("train..lr=3", "overrides", "must look like field.sub=value"),
     ("train.batch_size=True", "train.batch_size", "expects an int"),
     ("train.lr=False", "train.lr", "expects a float"),
     ("train.lr=1e400", "train.lr", "must be a finite number"),
@@ -98,10 +98,12 @@ def test_pixel_res_blocks_is_validated_where_a_config_sets_it():
     ("train.batch_size=1e400", "train.batch_size", "must be a finite number"),
 ])
 def test_malformed_overrides_are_named(override, field, reason):
-  with pytest.raises(ConfigError, match=reason) as error:
+  # A malformed override is a bad argument (the CLI's --set); a bad value, a config field.
+  kind = ArgumentError if field == "overrides" else ConfigError
+  with pytest.raises(kind, match=reason) as error:
     config_lib.load_config("configs/synthetic.py:smoke", [override])
-  assert error.value.field == field
-  assert override in str(error.value) or field != "--set"
+  assert (error.value.argument if kind is ArgumentError else error.value.field) == field
+  assert override in str(error.value) or kind is ConfigError
 
 
 def test_bool_overrides_still_set_bool_fields():
@@ -123,14 +125,14 @@ def test_non_finite_learning_rates_are_refused(field, value):
 def test_sampling_steps_are_checked_by_one_function():
   diff = config_lib.config_from_file("configs/synthetic.py", "smoke").diffusion
   diff.ddim_grid = "official"
-  assert config_lib.check_sampling_steps(20, diff, "--steps") == 20
+  assert config_lib.check_sampling_steps(20, diff) == 20
   for steps, reason in [(0, r"\[1, num_timesteps=1000\]"), (-3, "got -3"), (5000, "got 5000"),
                         (30, "divide"), (True, "an int")]:
     with pytest.raises(ConfigError, match=reason) as error:
-      config_lib.check_sampling_steps(steps, diff, "--steps")
-    assert error.value.field == "--steps"
+      config_lib.check_sampling_steps(steps, diff)
+    assert error.value.field == "diffusion.sampling_steps"
   diff.ddim_grid = "clean"
-  assert config_lib.check_sampling_steps(30, diff, "--steps") == 30
+  assert config_lib.check_sampling_steps(30, diff) == 30
 
 
 @pytest.mark.parametrize("section", ["train", "vae_train"])

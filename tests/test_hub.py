@@ -14,7 +14,7 @@ pytest.importorskip("huggingface_hub")
 
 from ardiffusion_jax import cli  # noqa: E402
 from ardiffusion_jax.convert import hub  # noqa: E402
-from ardiffusion_jax.errors import CheckpointError, ConfigError  # noqa: E402
+from ardiffusion_jax.errors import ArgumentError, CheckpointError  # noqa: E402
 from ardiffusion_jax.train.checkpoint import Checkpointer  # noqa: E402
 from tests import fake_hub  # noqa: E402
 
@@ -72,10 +72,11 @@ def test_local_inputs_pass_through_untouched():
     ("hf:/TrizZZZ/ar_diffusion/model.safetensors", "does not start with hf://"),
 ])
 def test_malformed_hub_uris_get_one_clear_error(uri, reason):
-  with pytest.raises(ConfigError) as error:
+  with pytest.raises(ArgumentError) as error:
     hub.resolve_input(uri)
   message = str(error.value)
-  assert message.startswith(f"config.--input: {uri!r} is not a hub file: ")
+  assert error.value.argument == "input"  # the CLI shows it as --input
+  assert message.startswith(f"input: {uri!r} is not a hub file: ")
   assert reason in message and hub.USAGE in message and "\n" not in message
 
 
@@ -152,7 +153,7 @@ def test_a_cached_file_is_not_downloaded_again_and_offline_reads_the_cache(fake,
       f"/{REPO}/tree/main"]),
     ("hf://nobody/nothing/model.safetensors", ["repository nobody/nothing not found on http://"]),
     (f"hf://{REPO}@v9/{PATHS['dit']}", [f"{REPO} has no revision 'v9'"]),
-    (f"hf://{REPO}@v9", ["config.--input:", "no file path after the repository"]),
+    (f"hf://{REPO}@v9", ["--input:", "no file path after the repository"]),
 ])
 def test_hub_errors_are_one_cli_line_naming_repo_path_and_revision(fake, tmp_path, capsys,
                                                                    uri, expected):
@@ -223,7 +224,7 @@ def test_find_released_takes_the_authors_names_and_the_newest_checkpoint():
                      r"2024-10-18T08-13-47_vae_4ch_32len_large_taichividimg, taichi_vae, taichi\); "
                      r"weight files there: sky/ardiff_sky.safetensors, sky/sky_vae.bin"):
     hub.find_released("taichi", renamed)
-  with pytest.raises(ConfigError, match="unknown dataset 'kinetics'; released: sky, taichi"):
+  with pytest.raises(ArgumentError, match="unknown dataset 'kinetics'; released: sky, taichi"):
     hub.find_released("kinetics", files)
 
 

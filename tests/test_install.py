@@ -3,6 +3,7 @@ configs from any directory and trains with a dataset config."""
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,10 +15,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_an_installed_package_trains_from_another_directory(tmp_path):
-  wheels, site = tmp_path / "wheels", tmp_path / "site"
+  # Built from a copy: setuptools writes build/ and *.egg-info into the source tree.
+  source, wheels, site = tmp_path / "source", tmp_path / "wheels", tmp_path / "site"
+  shutil.copytree(REPO / "ardiffusion_jax", source / "ardiffusion_jax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("pyproject.toml", "README.md", "LICENSE"):
+    shutil.copy(REPO / name, source / name)
   pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
   subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                  str(REPO)], check=True, cwd=tmp_path)
+                  str(source)], check=True, cwd=tmp_path)
   subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site),
                   *map(str, wheels.glob("*.whl"))], check=True, cwd=tmp_path)
   # Sky-Timelapse's layout: every folder of frames under sky_train/ is one video.

@@ -46,8 +46,8 @@ class StateDict:
     bad = value.size - int(np.count_nonzero(np.isfinite(value)))
     if bad and not self.allow_nonfinite:
       raise CheckpointError(f"{self.path}: {key} holds {bad} non-finite values (NaN or inf) of "
-                            f"{value.size}; the file is damaged or its training diverged (pass "
-                            "--allow-nonfinite to convert it anyway)")
+                            f"{value.size}; the file is damaged or its training diverged (convert it "
+                            "anyway with allow_nonfinite=True: --allow-nonfinite)")
     return value
 
   def without(self, keys) -> "StateDict":

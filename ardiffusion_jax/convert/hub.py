@@ -7,7 +7,7 @@ downloading again, and a transfer cut off mid-file resumes where it stopped (wit
 call with huggingface_hub >= 1, at the next call with older versions). Every failure
 (no such repository, revision or file, no network and nothing cached, a gated
 repository) is raised as one `CheckpointError` line naming the repository, the file and
-the revision; a malformed URI as a `ConfigError`.
+the revision; a malformed URI as an `ArgumentError` (the CLI's --input).
 
 The authors' hub repository `TrizZZZ/ar_diffusion` could not be listed from the machine
 this was written on (no network): their README says it holds the AR-VAE and
@@ -26,7 +26,7 @@ import re
 from typing import Optional
 from urllib.parse import quote, unquote
 
-from ardiffusion_jax.errors import CheckpointError, ConfigError
+from ardiffusion_jax.errors import ArgumentError, CheckpointError
 
 PREFIX = "hf://"
 # The canonical hub URI form (huggingface_hub's hf:// URIs) has an optional type prefix.
@@ -65,7 +65,7 @@ def is_hub_uri(value) -> bool:
 
 
 def _malformed(value, reason):
-  return ConfigError("--input", f"{value!r} is not a hub file: {reason}; {USAGE}")
+  return ArgumentError("input", f"{value!r} is not a hub file: {reason}; {USAGE}")
 
 
 def parse_uri(value: str) -> HubFile:
@@ -279,7 +279,7 @@ def find_released(dataset: str, files) -> dict:
   contain 'ardiff', AR-VAE paths 'vae' and not 'ardiff'; optimizer and other training
   state files are skipped), in its newest checkpoint-N."""
   if dataset not in RELEASED:
-    raise ConfigError("dataset", f"unknown dataset {dataset!r}; released: {', '.join(RELEASED)}")
+    raise ArgumentError("dataset", f"unknown dataset {dataset!r}; released: {', '.join(RELEASED)}")
   release = RELEASED[dataset]
   weights = sorted(f for f in files if f.lower().endswith(WEIGHT_SUFFIXES)
                    and not f.rsplit("/", 1)[-1].lower().startswith(TRAINING_STATE))

@@ -236,8 +236,8 @@ def dit_config_from_state(state, config):
   config.data.num_frames = config.sample.num_frames = positions // tokens
   config.diffusion.ddim_grid = "official"
   if hidden % heads:
-    raise CheckpointError(f"hidden size {hidden} is not divisible by {heads} heads; pass "
-                          "--num-heads N")
+    raise CheckpointError(f"hidden size {hidden} is not divisible by {heads} heads; set "
+                          "config.dit.num_heads (--num-heads N)")
   config_lib.validate(config)
   return config
 

@@ -16,7 +16,7 @@ import tqdm
 from ardiffusion_jax import generate, sampling
 from ardiffusion_jax.data import datasets
 from ardiffusion_jax.data.synthetic import BouncingShapes
-from ardiffusion_jax.errors import ConfigError
+from ardiffusion_jax.errors import ArgumentError, ConfigError
 from ardiffusion_jax.eval import fid as fid_lib
 from ardiffusion_jax.eval import fvd as fvd_lib
 from ardiffusion_jax.eval import physics
@@ -28,27 +28,27 @@ METRICS = (*FVD_FRAMES, *CLIP_METRICS)
 
 def check_metrics(metrics, data_name: str):
   if not metrics:
-    raise ConfigError("--metrics", f"names no metric; expected some of {', '.join(METRICS)}")
+    raise ArgumentError("metrics", f"names no metric; expected some of {', '.join(METRICS)}")
   for metric in metrics:
     if metric not in METRICS:
-      raise ConfigError("--metrics", f"unknown metric {metric!r}; expected some of {METRICS}")
+      raise ArgumentError("metrics", f"unknown metric {metric!r}; expected some of {METRICS}")
   if "physics" in metrics and data_name != "synthetic":
-    raise ConfigError("--metrics", "physics scores the synthetic bouncing balls only")
+    raise ArgumentError("metrics", "physics scores the synthetic bouncing balls only")
 
 
 def check_s_values(s_values, num_steps=None):
   """Timestep differences s in [0, S]: negative ones before anything is loaded, the top
   once the DiT's sampling steps S (`num_steps`) are known."""
   if not s_values:
-    raise ConfigError("--s", "names no timestep difference")
+    raise ArgumentError("s_values", "names no timestep difference")
   negative = [s for s in s_values if s < 0]
   if negative:
-    raise ConfigError("--s", "timestep differences must be >= 0 (and <= S, the DiT's sampling "
-                             f"steps), got {', '.join(map(str, negative))}")
+    raise ArgumentError("s_values", "timestep differences must be >= 0 (and <= S, the DiT's "
+                                    f"sampling steps), got {', '.join(map(str, negative))}")
   too_big = [s for s in s_values if num_steps is not None and s > num_steps]
   if too_big:
-    raise ConfigError("--s", f"timestep differences must be in [0, S={num_steps}] (S: the DiT "
-                             f"run's diffusion.sampling_steps), got {', '.join(map(str, too_big))}")
+    raise ArgumentError("s_values", f"timestep differences must be in [0, S={num_steps}] (S: the "
+                                    f"DiT run's diffusion.sampling_steps), got {', '.join(map(str, too_big))}")
 
 
 def real_clips(data, num_frames: int, num: int) -> np.ndarray:
@@ -61,7 +61,7 @@ def real_clips(data, num_frames: int, num: int) -> np.ndarray:
   else:
     source = datasets.video_source(data)
   if len(source) < num:
-    raise ConfigError("--num", f"{num} clips asked for, but the real set has {len(source)}")
+    raise ArgumentError("num", f"{num} clips asked for, but the real set has {len(source)}")
   return np.stack([source[i]["video"] for i in range(num)])
 
 
@@ -76,9 +76,9 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
   try:
     sampling.check_guidance(generator.model, cfg_scale)
   except ValueError as error:
-    raise ConfigError("--cfg", str(error)) from error
+    raise ArgumentError("cfg_scale", str(error)) from error
   if generator.vae is None:
-    raise ConfigError("--vae-ckpt", "evaluation decodes the samples: name the AR-VAE run")
+    raise ArgumentError("vae_ckpt", "evaluation decodes the samples: name the AR-VAE run")
   resolution = generator.resolution
   if config.data.resolution != resolution:
     raise ConfigError("data.resolution", f"{config.data.resolution} differs from the AR-VAE's "
