@@ -4,7 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh --test
-if [[ $# -eq 0 ]]; then set -- -m "not slow" tests colabs; fi
-# Notebooks run under nbmake at smoke size.
+if [[ $# -eq 0 ]]; then set -- -m "not slow" tests/unit tests/acceptance colabs; fi
+# Notebooks run under nbmake at smoke size. Tests are spread over ARDIFF_TEST_WORKERS
+# processes (pytest-xdist); those that share an expensive fixture are one xdist_group and
+# stay on one worker (the demo run of test_pipeline.py). 0 runs everything in this process.
 export ARDIFF_SMOKE=1
-exec .venv/bin/python -m pytest -q --nbmake "$@"
+workers=${ARDIFF_TEST_WORKERS:-2}
+parallel=()
+if [[ "$workers" != 0 ]]; then parallel=(-n "$workers" --dist loadgroup); fi
+exec .venv/bin/python -m pytest -q --nbmake "${parallel[@]}" "$@"

@@ -1,7 +1,26 @@
-"""Test setup: 8 fake CPU devices, set before JAX initialises its backend."""
+"""Test setup, before JAX initialises its backend: 8 fake CPU devices, and compilation
+settings that make the suite fit its time budget.
+
+- XLA's optimisation passes are skipped (`JAX_DISABLE_MOST_OPTIMIZATIONS`): on these tiny
+  shapes compiling costs far more than running, and every comparison in the suite is
+  between programs compiled the same way or against tolerances that do not depend on
+  fusion.
+- Compiled programs go to a persistent cache shared by the session's processes
+  (`JAX_COMPILATION_CACHE_DIR`): the subprocess tests (SIGKILL and SIGTERM resumes, two
+  processes, the CLI) compile the same train steps as the tests around them.
+
+Both are environment variables, so the subprocesses the tests start inherit them; set
+them yourself before running pytest to override.
+"""
 
 import os
+import pathlib
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

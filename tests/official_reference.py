@@ -1,5 +1,6 @@
-"""A PyTorch reference of the authors' DiT, AD sampler and AR-VAE, written from the spec
-(`official_code_spec.md` §1-3) for the conversion tests. Module names follow the
+"""A PyTorch reference of the authors' DiT, AD sampler and AR-VAE, written from their code
+(iva-mzsun/AR-Diffusion: dit_model.py, base.py, fifoddim.py, the TiTok_KL modules) for the
+conversion tests. Module names follow the
 official state dicts, so `state_dict()` has their exact keys.
 
 It is written independently of our Flax modules: PyTorch layouts ([out, in] Linears,
@@ -169,7 +170,7 @@ class BaseModel(nn.Module):
 
   def contexts(self, batch, label=None):
     """(conditional, unconditional) context tokens as `BaseModel.sample` builds them
-    (spec §2.2): class_emb[label] against class_emb[0], or context_emb against zeros."""
+    (their base.py): class_emb[label] against class_emb[0], or context_emb against zeros."""
     if hasattr(self, "class_emb"):
       return self.class_emb[label], self.class_emb[0].expand(batch, -1, -1)
     context = self.context_emb[None].expand(batch, -1, -1)
@@ -230,7 +231,7 @@ def ad_sample(model, x_T, num_steps, ar_step, guidance=1.0, label=None, keep_idl
   the fed t, and x_prev = sqrt(a_prev) x̂0 + sqrt(1 - a_prev) ε̂.
 
   Their update still moves a finished, idle frame by a factor of about 1 + 2e-5 a row
-  (spec §3.3); `keep_idle=True` leaves such frames as they are, the one place our port
+  (docs/porting.md); `keep_idle=True` leaves such frames as they are, the one place our port
   departs from their code on purpose. `keep_idle=False` is their code verbatim."""
   dit, ldm = model.diffusion_model.model, model.diffusion_model
   batch, total_frames = x_T.shape[:2]

@@ -12,9 +12,36 @@ def count_params(tree) -> int:
 def init_weights(model):
   """`model.init` on its example inputs, unboxed and on the host."""
   example = [jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()]
-  variables = model.init(jax.random.key(0), *example)
-  return jax.device_get(jax.tree.map(lambda v: getattr(v, "value", v), variables,
-                                     is_leaf=lambda v: hasattr(v, "value")))
+  return jax.device_get(unbox(jax.jit(model.init)(jax.random.key(0), *example)))
+
+
+def tiny(models_module, model_cls, variant: str, **changes):
+  """The `tiny` preset of a model family (`models.dit` / `models.ar_vae`) in `variant`."""
+  return model_cls(**{**models_module.VARIANTS[variant], **models_module.PRESETS["tiny"],
+                      **changes})
+
+
+def randomised(model, *args, scale: float = 0.05, noise_seed: int = 42, init_seed: int = 0,
+               collections=None):
+  """`model.init(key(init_seed), *args)`, then every weight (of `collections`, default
+  all) moved by `scale` times a normal draw: zero-initialised layers (adaLN-zero gates,
+  output heads) then do something, so every path through the network carries signal.
+  `args` default to the model's example inputs."""
+  if not args:
+    args = [jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()]
+  variables = unbox(jax.jit(model.init)(jax.random.key(init_seed), *args))
+  chosen = {name: tree for name, tree in variables.items()
+            if collections is None or name in collections}
+  leaves, structure = jax.tree.flatten(chosen)
+  keys = jax.random.split(jax.random.key(noise_seed), len(leaves))
+  moved = [leaf + scale * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+  return {**variables, **jax.tree.unflatten(structure, moved)}
+
+
+def unbox(variables):
+  """Flax's partitioned boxes -> plain arrays."""
+  return jax.tree.map(lambda v: getattr(v, "value", v), variables,
+                      is_leaf=lambda v: hasattr(v, "value"))
 
 
 def write_dit_run(path, config, **dit_changes):

@@ -11,7 +11,7 @@ import sysconfig
 import numpy as np
 from PIL import Image
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_an_installed_package_trains_from_another_directory(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from ardiffusion_jax import diffusion, sampling
 from ardiffusion_jax.models import dit
+from tests import support
 
 STEPS = 6  # S: small so every s in {0, 1, 3, S} stays quick
 TOKENS = 4
@@ -30,17 +31,8 @@ def _model(variant="clean", num_frames=8, num_classes=0, **overrides):
 
 
 def _variables(model, seed=0):
-  """Random weights everywhere (the zero-initialised gates and heads included), so every
-  path through the network carries signal."""
-  x = jnp.zeros((1, model.num_frames, TOKENS, 4))
-  t = jnp.zeros((1, model.num_frames), jnp.int32)
-  variables = model.init(jax.random.key(seed), x, t, jnp.zeros((1,), jnp.int32))
-  variables = jax.tree.map(lambda v: getattr(v, "value", v), variables,
-                           is_leaf=lambda v: hasattr(v, "value"))
-  leaves, tree = jax.tree.flatten(variables["params"])
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  noisy = [leaf + 0.05 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
-  return dict(variables, params=jax.tree.unflatten(tree, noisy))
+  """Random weights (the context tokens kept as initialised)."""
+  return support.randomised(model, init_seed=seed, noise_seed=seed + 1, collections=("params",))
 
 
 def _sample(model, variables, batch=2, seed=0, context=None, label=None, grid=None, **kwargs):

@@ -1,4 +1,4 @@
-"""Official checkpoints -> ours, proven against a PyTorch reference written from the spec
+"""Official checkpoints -> ours, proven against a PyTorch reference written from the authors' code
 (tests/official_reference.py) with random weights under the official key names."""
 
 import json
@@ -131,7 +131,7 @@ def test_ad_sampler_matches_the_authors_guided_sampler(converted_official_dits, 
   assert _rel_error(ours, theirs.numpy()) <= 1e-4
   if num_frames == 12 and guidance == 2.0 and not num_classes:
     # Their code verbatim also rescales finished, idle frames by about 1 + 2e-5 a row; the
-    # port leaves them (spec §3.3). The difference is that small, but it is there.
+    # port leaves them (docs/porting.md). The difference is that small, but it is there.
     verbatim = ref.ad_sample(net, x_T, num_steps, s, guidance, keep_idle=False).numpy()
     assert 1e-6 < _rel_error(ours, verbatim) < 1e-3
 

@@ -9,6 +9,9 @@ from PIL import Image
 
 from ardiffusion_jax import cli, generate
 
+# Every test here reads the one demo run: keep them on one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("demo")
+
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
@@ -137,8 +140,11 @@ def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path):
   from ardiffusion_jax.eval.nets.inception import FIDInceptionV3
   from ardiffusion_jax.eval.nets.resnet3d import ResNet3D50
   # Randomly initialised FID networks stand in for the weights that cannot be downloaded.
-  save_variables(tmp_path / "fid.npz", FIDInceptionV3().init(jax.random.key(0), jnp.zeros((1, 299, 299, 3))))
-  save_variables(tmp_path / "r3d.npz", ResNet3D50().init(jax.random.key(0), jnp.zeros((1, 16, 112, 112, 3))))
+  # (Initialised under jit: op by op, these two networks take minutes to initialise.)
+  save_variables(tmp_path / "fid.npz", jax.jit(FIDInceptionV3().init)(
+      jax.random.key(0), jnp.zeros((1, 299, 299, 3))))
+  save_variables(tmp_path / "r3d.npz", jax.jit(ResNet3D50().init)(
+      jax.random.key(0), jnp.zeros((1, 16, 112, 112, 3))))
   out = tmp_path / "eval"
   assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(demo_dir / "dit"),
                    "--metrics", "fvd16,fid_img,fid_vid,physics", "--s", "0,10", "--num", "2",

@@ -11,7 +11,7 @@ ALPHAS = diffusion.alphas_cumprod(diffusion.beta_schedule("scaled_linear"))
 
 
 def test_scaled_linear_matches_the_authors_reference_values():
-  # spec §2.4: the LDM schedule the authors call "linear".
+  # The LDM schedule the authors call "linear" (their diffusion.py).
   for t, value in [(0, 0.9999), (1, 0.999797), (250, 0.8200), (500, 0.3313), (750, 0.03815),
                    (981, 1.049e-3), (999, 7.334e-4)]:
     assert ALPHAS[t] == pytest.approx(value, rel=2e-4)
@@ -88,7 +88,7 @@ def test_ddim_update_with_eta():
 def test_official_grid_reproduces_the_authors_arrays():
   num_steps = 50
   grid = diffusion.official_ddim_grid(ALPHAS, num_steps)
-  # spec §3.2, built here straight from their formulas.
+  # Their make_ddim_timesteps / make_ddim_sampling_parameters, built straight from their formulas.
   ddim_timesteps = np.arange(0, 1000, 20) + 1
   ddim_alphas = np.append(ALPHAS[ddim_timesteps], ALPHAS[999])
   ddim_alphas_prev = np.concatenate([[ALPHAS[0]], ALPHAS[ddim_timesteps[:-1]], [ALPHAS[999]]])

@@ -142,7 +142,7 @@ def test_fopp_is_exact_where_log_counts_are_large():
 def test_fopp_matches_the_spec_frame_means():
   samples = _sample("fopp", 20_000, 16, 1000, seed=3)
   spec_means = [100, 177, 240, 296, 346, 391, 434, 477, 519, 561, 601, 647, 695, 749, 813, 888]
-  # The spec's figures come from 2,000 draws; their own noise is about ±10.
+  # The reference figures come from 2,000 draws; their own noise is about ±10.
   np.testing.assert_allclose(samples.mean(0), spec_means, atol=15)
 
 
@@ -176,7 +176,8 @@ def test_bad_arguments_raise(kwargs, message):
 
 
 def _authors_iterative_matrix(num_frames, num_steps, s):
-  """The authors' row-by-row rule (spec §3.3), as an independent reference."""
+  """The authors' row-by-row rule (their fifoddim.generate_timestep_matrix), as an
+  independent reference."""
   rows, prev = [], np.zeros(num_frames, int)
   while not np.all(prev == num_steps):
     new = np.zeros(num_frames, int)

@@ -1,5 +1,7 @@
 """The AR-VAE: parameter counts, the legacy reshape, causality and latent normalisation."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,29 +9,22 @@ import numpy as np
 import pytest
 
 from ardiffusion_jax.models import ar_vae, layers
+from tests import support
 
 
-def _count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def _randomised(model, *args):
-  variables = nn.meta.unbox(model.init(jax.random.key(0), *args))
-  leaves, tree = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(7), len(leaves))
-  return jax.tree.unflatten(tree, [leaf + 0.02 * jax.random.normal(k, leaf.shape)
-                                   for leaf, k in zip(leaves, keys)])
+_count = support.count_params
+_randomised = functools.partial(support.randomised, scale=0.02, noise_seed=7)
 
 
 def _tiny(variant="clean", **changes):
-  return ar_vae.ARVAE(**{**ar_vae.VARIANTS[variant], **ar_vae.PRESETS["tiny"], **changes})
+  return support.tiny(ar_vae, ar_vae.ARVAE, variant, **changes)
 
 
-def test_paper_size_parameter_counts_match_the_spec():
+def test_paper_size_parameter_counts_match_the_authors_model():
   model = ar_vae.ARVAE(**ar_vae.VARIANTS["official"], **ar_vae.PRESETS["paper"])
   params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, 256, 256, 3)))["params"]
   counts = {name: _count(tree) for name, tree in params.items()}
-  # spec §1.1: encoder 303.4M, TiTok decoder 306.8M, pixel decoder 30.5M,
+  # The authors' TiTok_KL: encoder 303.4M, TiTok decoder 306.8M, pixel decoder 30.5M,
   # pixel_quantize_conv 0.26M, latent tokens 32K.
   assert round(counts["encoder"] / 1e6, 1) == 303.4
   assert round(counts["decoder"] / 1e6, 1) == 306.8
@@ -39,7 +34,7 @@ def test_paper_size_parameter_counts_match_the_spec():
   causal = model.clone(temporal_causal=True)
   extra = _count(jax.eval_shape(causal.init, jax.random.key(0),
                                 jnp.zeros((1, 2, 256, 256, 3)))["params"]) - sum(counts.values())
-  assert round(extra / 1e6, 1) == 201.7  # spec §1.5
+  assert round(extra / 1e6, 1) == 201.7  # their TiTok_KL_wT temporal blocks
 
 
 def test_legacy_reshape_matches_the_spec_formula():

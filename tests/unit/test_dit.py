@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from ardiffusion_jax.models import dit
+from tests import support
 
 FRAMES, TOKENS = 4, 32
 
 
-def _count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+_count = support.count_params
+_randomised = support.randomised
 
 
 def _inputs(batch=2, seed=1):
@@ -21,18 +22,8 @@ def _inputs(batch=2, seed=1):
   return x, t
 
 
-def _randomised(model, *args):
-  """Initialises, then perturbs every weight so zero-initialised layers do something."""
-  variables = model.init(jax.random.key(0), *args)
-  leaves, tree = jax.tree.flatten(nn.meta.unbox(variables))
-  keys = jax.random.split(jax.random.key(42), len(leaves))
-  return jax.tree.unflatten(tree, [leaf + 0.05 * jax.random.normal(k, leaf.shape)
-                                   for leaf, k in zip(leaves, keys)])
-
-
 def _tiny(variant, **changes):
-  return dit.DiT(**{**dit.VARIANTS[variant], **dit.PRESETS["tiny"], "num_frames": FRAMES,
-                    **changes})
+  return support.tiny(dit, dit.DiT, variant, **{"num_frames": FRAMES, **changes})
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -40,7 +31,7 @@ def test_paper_official_parameter_count(scan_layers):
   model = dit.DiT(**dit.VARIANTS["official"], **dit.PRESETS["paper"], scan_layers=scan_layers)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 32, 4)),
                           jnp.zeros((1, 16), jnp.int32))
-  assert _count(shapes["params"]) == 671_864_836  # spec §2.3: trainable parameters
+  assert _count(shapes["params"]) == 671_864_836  # the authors' DiT_crossattn: trainable parameters
   assert shapes["constants"]["context_emb"].shape == (77, 768)  # fixed, never trained
 
 
