@@ -24,3 +24,19 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+import pytest  # noqa: E402  (after the environment above, before anything imports jax)
+
+
+@pytest.fixture(scope="session")
+def smoke_dit_run(tmp_path_factory):
+  """A DiT run of the smoke config (official DDIM grid, S = 10) with untrained weights,
+  built once per test process: for the checks that refuse before anything is sampled,
+  and for loading runs."""
+  from ardiffusion_jax import config as config_lib
+  from tests import support
+  config = config_lib.load_config("configs/synthetic.py:smoke", ["diffusion.ddim_grid='official'"])
+  run = tmp_path_factory.mktemp("smoke_dit_run")
+  support.write_dit_run(run, config)
+  return run

@@ -88,25 +88,14 @@ def test_vae_benchmark_trains_for_its_budget_and_scores_held_out_clips(tmp_path)
   assert result["ema_decay"] > 0 and 0 < result["held_out_psnr_raw_db"] < 60  # both weights scored
 
 
-@pytest.fixture(scope="module")
-def dit_run(tmp_path_factory):
-  """A DiT run with the smoke config (official DDIM grid, S = 10) and untrained weights:
-  the checks below must refuse before anything is sampled."""
-  from ardiffusion_jax import config as config_lib
-  config = config_lib.load_config("configs/synthetic.py:smoke", ["diffusion.ddim_grid='official'"])
-  run = tmp_path_factory.mktemp("dit_run")
-  support.write_dit_run(run, config)
-  return run
-
-
 @pytest.mark.parametrize("steps,reason", [
     ("-3", r"must be in \[1, num_timesteps=1000\], got -3"),
     ("0", r"must be in \[1, num_timesteps=1000\], got 0"),
     ("5000", r"must be in \[1, num_timesteps=1000\], got 5000"),
     ("30", "the official DDIM grid needs the number of steps to divide 1000"),
 ])
-def test_sample_refuses_bad_steps(dit_run, tmp_path, capsys, steps, reason):
-  assert cli.main(["sample", "--ckpt", str(dit_run), "--latents-only", "--steps", steps,
+def test_sample_refuses_bad_steps(smoke_dit_run, tmp_path, capsys, steps, reason):
+  assert cli.main(["sample", "--ckpt", str(smoke_dit_run), "--latents-only", "--steps", steps,
                    "--out", str(tmp_path / "out")]) == 1
   err = capsys.readouterr().err
   assert err.startswith("ardiff sample: error: --steps: ") and len(err.splitlines()) == 1
@@ -115,8 +104,8 @@ def test_sample_refuses_bad_steps(dit_run, tmp_path, capsys, steps, reason):
 
 
 @pytest.mark.parametrize("s_values,bad", [("0,999", "999"), ("-1,2", "-1"), ("11", "11")])
-def test_eval_refuses_s_outside_the_dits_steps(dit_run, tmp_path, capsys, s_values, bad):
-  assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(dit_run),
+def test_eval_refuses_s_outside_the_dits_steps(smoke_dit_run, tmp_path, capsys, s_values, bad):
+  assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(smoke_dit_run),
                    "--out", str(tmp_path / "out"), f"--s={s_values}"]) == 1
   err = capsys.readouterr().err
   assert err.startswith("ardiff eval: error: --s: ") and len(err.splitlines()) == 1
@@ -124,11 +113,11 @@ def test_eval_refuses_s_outside_the_dits_steps(dit_run, tmp_path, capsys, s_valu
   assert not (tmp_path / "out").exists()
 
 
-def test_guidance_scales_are_checked_before_sampling(dit_run, tmp_path, capsys):
+def test_guidance_scales_are_checked_before_sampling(smoke_dit_run, tmp_path, capsys):
   from ardiffusion_jax import config as config_lib
   eval_args = ["eval", "--config", "configs/synthetic.py:smoke", "--s=0",
                "--out", str(tmp_path / "out")]
-  assert cli.main(eval_args + ["--ckpt", str(dit_run), "--cfg=-1"]) == 1
+  assert cli.main(eval_args + ["--ckpt", str(smoke_dit_run), "--cfg=-1"]) == 1
   assert "--cfg: the guidance scale must be a number >= 0" in capsys.readouterr().err
   # A clean unconditional DiT has no null condition: refused, saying why.
   config = config_lib.load_config("configs/synthetic.py:smoke",

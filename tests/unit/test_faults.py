@@ -162,20 +162,19 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
   assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
 
 
-def test_load_run_names_the_kind_and_checks_dit_weights_fit(tmp_path):
-  from ardiffusion_jax import config as config_lib, runs
-  config = config_lib.load_config("configs/synthetic.py:smoke")
-  params = support.write_dit_run(tmp_path / "dit", config)
-  run = runs.load_run(tmp_path / "dit")
+def test_load_run_names_the_kind_and_checks_dit_weights_fit(smoke_dit_run, tmp_path):
+  from ardiffusion_jax import runs
+  run = runs.load_run(smoke_dit_run)
   assert (run.kind, run.weights, run.step) == ("dit", "ema", 0)
-  assert jax.tree.structure(run.variables["params"]) == jax.tree.structure(params)
+  expected = support.init_weights(run.model())["params"]
+  assert jax.tree.structure(run.variables["params"]) == jax.tree.structure(expected)
   with pytest.raises(CheckpointError, match="holds a DiT run, not an AR-VAE run"):
-    runs.load_run(tmp_path / "dit", "vae")
+    runs.load_run(smoke_dit_run, "vae")
   with pytest.raises(CheckpointError, match=r"holds no 'params'.*use_ema=True"):
-    runs.load_run(tmp_path / "dit", use_ema=False)
+    runs.load_run(smoke_dit_run, use_ema=False)
   # A saved config that builds a deeper DiT than the weights (scanned or not, the
   # blocks differ): the load names the blocks instead of sampling with a wrong model.
-  support.write_dit_run(tmp_path / "deeper", config, depth=run.model().depth + 1)
+  support.write_dit_run(tmp_path / "deeper", run.config, depth=run.model().depth + 1)
   with pytest.raises(CheckpointError, match=r"do not fit the DiT its saved config builds now "
                                             r"\(\d+ differences: params/blocks"):
     runs.load_run(tmp_path / "deeper", "dit")
