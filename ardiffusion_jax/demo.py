@@ -169,7 +169,8 @@ def _markdown(report: dict) -> str:
       f"{dit['first_loss']:.4f} -> {dit['last_loss']:.4f}.", "",
       "## Samples", "",
       "| setting | frames | s | AD rows | s/video | compile s | balls | count steady | "
-      "speed ratio | accel ratio |", "|---|---|---|---|---|---|---|---|---|---|",
+      "speed ratio | accel ratio | palette colours |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name, result in report["samples"].items():
     phys = result["physics"]
@@ -177,10 +178,13 @@ def _markdown(report: dict) -> str:
         f"| [{name}](samples/{name}/grid.gif) | {result['frames']} | {result['s']} | "
         f"{result['rows']} | {result['seconds_per_video']:.2f} | {result['compile_seconds']:.1f} | "
         f"{phys['samples']['balls']:.2f} | {phys['samples']['count_consistency']:.2f} | "
-        f"{phys['speed_ratio']:.2f} | {phys['acceleration_ratio']:.2f} |")
+        f"{phys['speed_ratio']:.2f} | {phys['acceleration_ratio']:.2f} | "
+        f"{phys['samples']['palette_fraction']:.2f} |")
   lines += [
       "", f"Real clips: {real['balls']:.2f} balls, count steady {real['count_consistency']:.2f}, "
-      f"speed {real['speed']:.2f} px/frame, acceleration {real['acceleration']:.2f} px/frame².",
+      f"speed {real['speed']:.2f} px/frame, acceleration {real['acceleration']:.2f} px/frame², "
+      f"palette colours {real['palette_fraction']:.2f} (the share of balls within "
+      f"{physics.COLOUR_TOLERANCE:.0f} RGB of a palette colour).",
       "Ratios are sample / real (1.00 matches); see `ardiffusion_jax/eval/physics.py`.", "",
   ]
   for name in report["samples"]:

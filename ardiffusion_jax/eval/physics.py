@@ -10,14 +10,23 @@ one step of it) and keeps that component's speed (elastic walls). Ball-ball coll
 also reverse components away from walls, so real clips set the reference: the same
 detector runs on real clips and samples, and its bias cancels in the ratios. This is
 tracking statistics, not a learned metric.
+
+Colour fidelity: each ball's colour (the median of its pixels, which the anti-aliased
+rim barely moves) is compared with the dataset's palette. `palette_fraction` is the
+share of balls within `COLOUR_TOLERANCE` of a palette colour, `colour_error` the mean
+distance to the nearest one (RGB, 0-441). A tokenizer that loses hue turns every ball
+into the same grey or pink, which keeps positions and motion but fails both.
 """
 
 import numpy as np
 
-from ardiffusion_jax.data.synthetic import BACKGROUND
+from ardiffusion_jax.data.synthetic import BACKGROUND, PALETTE
 
 MIN_AREA = 6  # pixels; smaller specks are noise
 MIN_BOUNCE_SPEED = 0.3  # px/frame on the reversed axis, both before and after
+# RGB distance within which a ball counts as a palette colour: under half the distance
+# between the two closest palette colours (pink and white, 78), so no ball is near two.
+COLOUR_TOLERANCE = 36.0
 
 
 def ball_mask(frame: np.ndarray, threshold: float = 60.0) -> np.ndarray:
@@ -25,8 +34,9 @@ def ball_mask(frame: np.ndarray, threshold: float = 60.0) -> np.ndarray:
   return np.abs(frame.astype(np.float32) - BACKGROUND).max(axis=-1) > threshold
 
 
-def connected_regions(mask: np.ndarray):
-  """4-connected components of a boolean image: a list of (centroid (x, y), area)."""
+def connected_regions(mask: np.ndarray, frame=None):
+  """4-connected components of a boolean image: a list of (centroid (x, y), area,
+  median colour of `frame` over the region (None without a frame))."""
   height, width = mask.shape
   labels = np.where(mask, np.arange(mask.size).reshape(mask.shape), mask.size)
   while True:  # propagate the smallest index through each region until stable
@@ -43,16 +53,25 @@ def connected_regions(mask: np.ndarray):
     inside = labels == label
     area = int(inside.sum())
     if area >= MIN_AREA:
-      regions.append(((float(xs[inside].mean()) + 0.5, float(ys[inside].mean()) + 0.5), area))
+      colour = None if frame is None else np.median(frame[inside].astype(np.float32), axis=0)
+      regions.append(((float(xs[inside].mean()) + 0.5, float(ys[inside].mean()) + 0.5), area,
+                      colour))
   return regions
+
+
+def palette_distance(colours) -> np.ndarray:
+  """RGB distance of each colour [N, 3] to the nearest palette colour."""
+  colours = np.asarray(colours, np.float32).reshape(-1, 3)
+  return np.linalg.norm(colours[:, None] - PALETTE[None].astype(np.float32), axis=-1).min(axis=1)
 
 
 def clip_statistics(video: np.ndarray) -> dict:
   """Tracking statistics of one uint8 clip [F, H, W, 3]."""
   height, width = video.shape[1:3]
-  regions = [connected_regions(ball_mask(f)) for f in video]
-  centroids = [np.array([c for c, _ in r]).reshape(-1, 2) for r in regions]
-  radii = [np.sqrt(np.array([a for _, a in r], np.float64) / np.pi) for r in regions]
+  regions = [connected_regions(ball_mask(f), f) for f in video]
+  centroids = [np.array([c for c, _, _ in r]).reshape(-1, 2) for r in regions]
+  radii = [np.sqrt(np.array([a for _, a, _ in r], np.float64) / np.pi) for r in regions]
+  distances = palette_distance([colour for r in regions for _, _, colour in r])
   counts = np.array([len(c) for c in centroids])
   mode = np.bincount(counts).argmax()
   # Greedy nearest matching between consecutive frames with the same count: ball i of
@@ -113,6 +132,8 @@ def clip_statistics(video: np.ndarray) -> dict:
       "bounces": float(len(at_wall)),
       "wall_bounce_fraction": float(np.mean(at_wall)) if at_wall else nan,
       "bounce_elasticity": float(np.mean(elasticity)) if elasticity else nan,
+      "palette_fraction": float(np.mean(distances <= COLOUR_TOLERANCE)) if len(distances) else nan,
+      "colour_error": float(distances.mean()) if len(distances) else nan,
   }
 
 
@@ -125,10 +146,11 @@ def summarize(videos) -> dict:
 
 def physics_score(samples, real) -> dict:
   """Statistics of samples and real clips side by side, and the sample/real ratios of
-  speed, acceleration and bounce correctness (1.0 is a perfect match)."""
+  speed, acceleration, bounce correctness and palette colours (1.0 is a perfect match)."""
   sample_stats, real_stats = summarize(samples), summarize(real)
   ratio = lambda key: sample_stats[key] / real_stats[key] if real_stats[key] else float("nan")
   return {"samples": sample_stats, "real": real_stats,
           "speed_ratio": ratio("speed"), "acceleration_ratio": ratio("acceleration"),
           "wall_bounce_ratio": ratio("wall_bounce_fraction"),
-          "elasticity_ratio": ratio("bounce_elasticity")}
+          "elasticity_ratio": ratio("bounce_elasticity"),
+          "palette_ratio": ratio("palette_fraction")}

@@ -57,9 +57,10 @@ def test_demo_runs_the_whole_pipeline(demo_dir):
     # 8 fps; GIF stores whole centiseconds per frame (12 or 13 for 125 ms)
     assert abs(_gif_duration_ms(folder / "grid.gif") - frames * 125) <= frames * 5
     assert set(result["physics"]) == {"samples", "real", "speed_ratio", "acceleration_ratio",
-                                      "wall_bounce_ratio", "elasticity_ratio"}
+                                      "wall_bounce_ratio", "elasticity_ratio", "palette_ratio"}
   markdown = (demo_dir / "report.md").read_text()
   assert "![preview](preview.gif)" in markdown and "samples/s5/grid.gif" in markdown
+  assert "| palette colours |" in markdown
 
 
 def test_demo_resumes_without_redoing_finished_stages(demo_dir):

@@ -43,3 +43,26 @@ def test_real_against_real_scores_near_one():
   assert 0.7 < score["speed_ratio"] < 1.4
   assert score["wall_bounce_ratio"] == 1.0
   assert 0.7 < score["elasticity_ratio"] < 1.4
+
+
+def test_colour_fidelity_sees_lost_hue_but_not_motion():
+  """Real balls wear palette colours; desaturated or hue-shifted copies of the same clips
+  (positions and motion untouched) do not, and the statistic says so."""
+  import matplotlib.colors
+  real = [_source(seed=5, max_balls=3, num_frames=12)[i]["video"] for i in range(12)]
+
+  def hue_shifted(video, turn):
+    hsv = matplotlib.colors.rgb_to_hsv(video / 255.0)
+    hsv[..., 0] = (hsv[..., 0] + turn) % 1.0
+    return np.round(matplotlib.colors.hsv_to_rgb(hsv) * 255).astype(np.uint8)
+
+  grey = [(0.3 * v + 0.7 * v.mean(-1, keepdims=True)).astype(np.uint8) for v in real]
+  shifted = [hue_shifted(v, 30 / 360) for v in real]
+  stats = {name: physics.summarize(videos)
+           for name, videos in (("real", real), ("grey", grey), ("shifted", shifted))}
+  assert stats["real"]["palette_fraction"] > 0.9 and stats["real"]["colour_error"] < 5
+  for name in ("grey", "shifted"):
+    assert stats[name]["balls"] == stats["real"]["balls"]  # the same balls are found
+    assert stats[name]["palette_fraction"] < 0.5 and stats[name]["colour_error"] > 30, name
+  assert 0.95 < physics.physics_score(real[6:], real[:6])["palette_ratio"] < 1.05
+  assert physics.physics_score(grey, real)["palette_ratio"] < 0.5
