@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--cfg", type=float, default=1.0,
                         help="guidance scale (default 1: off; the authors use 2 for their "
                              "unconditional models)")
+  evaluate.add_argument("--references", action="store_true",
+                        help="also score another set of real clips (the floor) and the AR-VAE's "
+                             "reconstructions of them (the tokenizer's ceiling); needs 2 --num "
+                             "real clips")
   evaluate.add_argument("--batch-size", type=int, default=8)
   evaluate.add_argument("--seed", type=int, default=0)
   evaluate.add_argument("--out", required=True, help="output folder")
@@ -266,7 +270,7 @@ def _eval(args) -> int:
   report = evaluate.evaluate(config, args.ckpt, args.out, metrics, s_values, args.num,
                              vae_ckpt=args.vae_ckpt, batch_size=args.batch_size, seed=args.seed,
                              fid_weights=args.fid_weights, fid_vid_weights=args.fid_vid_weights,
-                             cfg_scale=args.cfg)
+                             cfg_scale=args.cfg, references=args.references)
   print(evaluate.markdown(report))
   return 0
 

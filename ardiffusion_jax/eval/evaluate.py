@@ -66,9 +66,15 @@ def real_clips(data, num_frames: int, num: int) -> np.ndarray:
 
 
 def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batch_size: int = 8,
-             seed: int = 0, fid_weights=None, fid_vid_weights=None, cfg_scale: float = 1.0) -> dict:
+             seed: int = 0, fid_weights=None, fid_vid_weights=None, cfg_scale: float = 1.0,
+             references: bool = False) -> dict:
   """Scores the DiT run `ckpt` at each s (with guidance scale `cfg_scale`); writes
-  `eval.json` and `eval.md` into `out`."""
+  `eval.json` and `eval.md` into `out`.
+
+  With `references`, two more rows bound what samples can reach, scored against the same
+  `num` real clips: `real` (another `num` real clips: the floor, the metric's own
+  sampling noise) and `reconstructed` (those clips through the AR-VAE: the tokenizer's
+  ceiling). They need 2 `num` real clips."""
   check_metrics(metrics, config.data.name)
   check_s_values(s_values)
   generator = generate.Generator.from_checkpoint(ckpt, vae_ckpt=vae_ckpt)
@@ -93,9 +99,24 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
     fid_nets["fid_img"] = lambda clips: frames_net(clips.reshape((-1,) + clips.shape[2:]))
   if "fid_vid" in metrics:
     fid_nets["fid_vid"] = fid_lib.ResNet3DFeatures(fid_vid_weights, batch_size=batch_size)
-  real = {frames: real_clips(config.data, frames, num) for frames in lengths}
-  real_features = {frames: features(clips) for frames, clips in real.items()} if features else {}
+  clips = {frames: real_clips(config.data, frames, 2 * num if references else num)
+           for frames in lengths}
+  real = {frames: videos[:num] for frames, videos in clips.items()}
+  real_features = {frames: features(videos) for frames, videos in real.items()} if features else {}
   real_fid = {metric: net(real[16]) for metric, net in fid_nets.items()}
+
+  def score(row, frames, videos):
+    """Every asked-for metric of `videos` (`frames` long) against the real clips."""
+    for metric, metric_frames in FVD_FRAMES.items():
+      if metric in metrics and metric_frames == frames:
+        row[metric] = fvd_lib.fvd(real_features[frames], features(videos))
+    if frames == 16:
+      if "physics" in metrics:
+        row["physics"] = physics.physics_score(videos, real[16])
+      for metric, net in fid_nets.items():
+        row[metric] = fvd_lib.fvd(real_fid[metric], net(videos))
+    return row
+
   results = {}
   for s in s_values:
     row = {}
@@ -105,17 +126,18 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
       videos = np.concatenate([generator.decode(latents[i:i + batch_size])
                                for i in tqdm.trange(0, num, batch_size, desc=f"decode s={s}")])
       row[f"seconds_per_video_{frames}f"] = timing["seconds_per_video"]
-      for metric, metric_frames in FVD_FRAMES.items():
-        if metric in metrics and metric_frames == frames:
-          row[metric] = fvd_lib.fvd(real_features[frames], features(videos))
-      if "physics" in metrics and frames == 16:
-        row["physics"] = physics.physics_score(videos, real[16])
-      if frames == 16:
-        for metric, net in fid_nets.items():
-          row[metric] = fvd_lib.fvd(real_fid[metric], net(videos))
+      score(row, frames, videos)
     results[s] = row
+  if references:
+    results["real"], results["reconstructed"] = {}, {}
+    for frames in lengths:
+      others = clips[frames][num:]
+      score(results["real"], frames, others)
+      latents = np.stack([generator.encode(video) for video in
+                          tqdm.tqdm(others, desc=f"encode {frames}f")])
+      score(results["reconstructed"], frames, generator.decode(latents, batch_size))
   report = {"ckpt": str(ckpt), "metrics": list(metrics), "num_clips": num, "seed": seed,
-            "cfg_scale": cfg_scale,
+            "cfg_scale": cfg_scale, "references": references,
             "dataset": config.data.name, "resolution": resolution, "results": results}
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -136,14 +158,19 @@ def markdown(report: dict) -> str:
   lines = [f"# ardiff eval: {report['dataset']}, {report['num_clips']} clips per set", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for s, row in rows.items():
-    cells = [str(s)]
+    cells = [{"real": "real clips (floor)", "reconstructed": "AR-VAE reconstructions (ceiling)"}
+             .get(s, str(s))]
     for metric in metrics:
       value = row[metric]
       cells.append(f"{value['speed_ratio']:.2f} / {value['acceleration_ratio']:.2f}"
                    if metric == "physics" else f"{value:.1f}")
-    cells += [f"{row[k]:.2f}" for k in times]
+    cells += [f"{row[k]:.2f}" if k in row else "" for k in times]
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "Fréchet distances in float64 (FVD: I3D Kinetics-400 logits; FID-img: "
             "InceptionV3 pool3 of every frame; FID-vid: 3D ResNet-50); only comparable at the "
             "same number of clips."]
+  if report.get("references"):
+    lines += ["", "Reference rows, against the same real clips: another set of real clips "
+              "(the floor: what sampling noise alone gives) and those clips encoded and decoded "
+              "by the AR-VAE (the ceiling the DiT's samples can reach through this tokenizer)."]
   return "\n".join(lines) + "\n"

@@ -150,12 +150,18 @@ def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path):
   assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(demo_dir / "dit"),
                    "--metrics", "fvd16,fid_img,fid_vid,physics", "--s", "0,10", "--num", "2",
                    "--batch-size", "2", "--fid-weights", str(tmp_path / "fid.npz"),
-                   "--fid-vid-weights", str(tmp_path / "r3d.npz"), "--out", str(out)]) == 0
+                   "--fid-vid-weights", str(tmp_path / "r3d.npz"), "--references",
+                   "--out", str(out)]) == 0
   report = json.loads((out / "eval.json").read_text())
-  assert set(report["results"]) == {"0", "10"}
-  for row in report["results"].values():
+  assert set(report["results"]) == {"0", "10", "real", "reconstructed"}
+  for name, row in report["results"].items():
     assert row["fvd16"] > 0 and row["fid_img"] > 0 and row["fid_vid"] > 0
-    assert row["seconds_per_video_16f"] > 0
-    assert set(row["physics"]) >= {"speed_ratio", "acceleration_ratio"}
+    assert set(row["physics"]) >= {"speed_ratio", "acceleration_ratio", "palette_ratio"}
+    assert (row["seconds_per_video_16f"] > 0) if name in ("0", "10") else (
+        "seconds_per_video_16f" not in row)  # the reference rows sample nothing
+  # Real clips against other real clips: every ball wears a palette colour in both.
+  floor = report["results"]["real"]["physics"]
+  assert 0.8 < floor["palette_ratio"] < 1.25 and 0.33 < floor["speed_ratio"] < 3
   table = (out / "eval.md").read_text()
   assert "| s | FVD16 | FID-img | FID-vid | physics (speed / accel ratio) | s/video (16f) |" in table
+  assert "| real clips (floor) |" in table and "| AR-VAE reconstructions (ceiling) |" in table
