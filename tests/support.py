@@ -58,3 +58,14 @@ def write_dit_run(path, config, **dit_changes):
     state["constants"] = variables["constants"]
   write_model_checkpoint(path, config, state)
   return variables["params"]
+
+
+def restore_latest(run):
+  """(config, raw saved state) of a run folder's newest checkpoint, as written."""
+  from ardiffusion_jax.train.checkpoint import Checkpointer
+  checkpointer = Checkpointer(f"{run}/checkpoints", async_save=False)
+  try:
+    _, config, state = checkpointer.load_latest()
+    return config, state
+  finally:
+    checkpointer.close()

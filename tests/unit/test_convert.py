@@ -19,8 +19,8 @@ from ardiffusion_jax.convert import official, portable  # noqa: E402
 from ardiffusion_jax.data.video import read_video  # noqa: E402
 from ardiffusion_jax.errors import CheckpointError  # noqa: E402
 from ardiffusion_jax.models import ar_vae, dit, layers  # noqa: E402
-from ardiffusion_jax.train.checkpoint import Checkpointer  # noqa: E402
 from tests import official_reference as ref  # noqa: E402
+from tests import support  # noqa: E402
 
 FRAMES, TOKENS = 4, 32
 
@@ -34,13 +34,7 @@ def _rel_error(ours, theirs):
   return float(np.max(np.abs(np.asarray(ours, np.float64) - theirs)) / np.max(np.abs(theirs)))
 
 
-def _restore(path):
-  checkpointer = Checkpointer(f"{path}/checkpoints", async_save=False)
-  try:
-    _, config, state = checkpointer.load_latest()
-    return config, state
-  finally:
-    checkpointer.close()
+_restore = support.restore_latest
 
 
 def _official_dit(num_classes, seed=0):

@@ -15,8 +15,7 @@ pytest.importorskip("huggingface_hub")
 from ardiffusion_jax import cli  # noqa: E402
 from ardiffusion_jax.convert import hub  # noqa: E402
 from ardiffusion_jax.errors import ArgumentError, CheckpointError  # noqa: E402
-from ardiffusion_jax.train.checkpoint import Checkpointer  # noqa: E402
-from tests import fake_hub  # noqa: E402
+from tests import fake_hub, support  # noqa: E402
 
 REPO = hub.REPO
 PATHS = fake_hub.released_paths("faceforensics")
@@ -80,13 +79,7 @@ def test_malformed_hub_uris_get_one_clear_error(uri, reason):
   assert reason in message and hub.USAGE in message and "\n" not in message
 
 
-def _restore(path):
-  checkpointer = Checkpointer(f"{path}/checkpoints", async_save=False)
-  try:
-    _, config, state = checkpointer.load_latest()
-    return config, state
-  finally:
-    checkpointer.close()
+_restore = support.restore_latest
 
 
 def _leaves(tree, prefix=""):
