@@ -20,6 +20,7 @@ sampling settings of their inference scripts.
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import pathlib
 import re
@@ -176,12 +177,21 @@ def download(file: HubFile, cache_dir=None, endpoint=None) -> str:
   """The local path of `file` in the hub cache, downloaded when not cached; offline
   (HF_HUB_OFFLINE) only the cache is read."""
   hub, cache_dir, endpoint, offline = _settings(cache_dir, endpoint)
+  # huggingface_hub logs a warning for every retry of a failed request; when it gives up,
+  # the one-line error below says what happened, so its retry lines are held back.
+  # (Through its own logging API: that configures its logger first, which a later import
+  # inside the download would otherwise do, resetting the level.)
+  client_log = importlib.import_module("huggingface_hub.utils.logging")
+  level = client_log.get_verbosity()
+  client_log.set_verbosity(max(level, logging.ERROR))
   try:
     return hub.hf_hub_download(file.repo_id, file.path, revision=file.revision,
                                repo_type=file.repo_type, cache_dir=cache_dir, endpoint=endpoint,
                                local_files_only=offline)
   except _transfer_errors(hub) as error:
     raise _hub_error(hub, error, file, endpoint, cache_dir, offline) from error
+  finally:
+    client_log.set_verbosity(level)
 
 
 def resolve_input(value, cache_dir=None, endpoint=None) -> str:
