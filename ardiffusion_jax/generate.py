@@ -3,6 +3,7 @@ scheduler, decode, and write mp4 / GIF / npz. `ardiff sample`, the demo and the 
 notebooks all go through `Generator`."""
 
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
@@ -159,20 +160,28 @@ class Generator:
       raise ArgumentError("vae_ckpt", "no AR-VAE is known for this DiT: name the run that "
                                       "encoded its training latents")
 
+  @functools.cached_property
+  def _vae_fns(self):
+    """(decode, encode), jitted once per Generator: callers decode batch after batch and
+    encode clip after clip, and a fresh jit each call would compile each time."""
+    self._require_vae()
+    variables = {"params": self.vae_params}
+    decode = jax.jit(lambda z: self.vae.apply(variables, z, method=ar_vae.ARVAE.decode))
+    encode = jax.jit(lambda video: self.vae.apply(variables, video,
+                                                  method=ar_vae.ARVAE.encode)[0])
+    return decode, encode
+
   def decode(self, latents, batch_size: int = 4) -> np.ndarray:
     """Latents [N, F, L, C] -> uint8 videos [N, F, H, W, 3] (the decoder normalises tokens)."""
-    self._require_vae()
-    decode = jax.jit(lambda z: self.vae.apply({"params": self.vae_params}, z,
-                                              method=ar_vae.ARVAE.decode))
+    decode, _ = self._vae_fns
     videos = [np.asarray(decode(jnp.asarray(latents[i:i + batch_size])))
               for i in range(0, len(latents), batch_size)]
     return np.round(np.clip(np.concatenate(videos), 0, 1) * 255).astype(np.uint8)
 
   def encode(self, video) -> np.ndarray:
     """uint8 video [F, H, W, 3] at the VAE's resolution -> unit-norm latents [F, L, C]."""
-    self._require_vae()
-    frames = jnp.asarray(video, jnp.float32)[None] / 255.0
-    mean = self.vae.apply({"params": self.vae_params}, frames, method=ar_vae.ARVAE.encode)[0]
+    _, encode = self._vae_fns
+    mean = encode(jnp.asarray(video, jnp.float32)[None] / 255.0)
     return np.asarray(sampling.normalize_context(mean[0]))
 
   def context_from_file(self, path, max_frames: int) -> np.ndarray:
