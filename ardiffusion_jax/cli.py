@@ -234,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--ckpt", required=True, help="the DiT run folder")
   evaluate.add_argument("--vae-ckpt", help="the AR-VAE run (default: from latents_info.json)")
   evaluate.add_argument("--metrics", default="fvd16,physics",
-                        help="comma-separated: fvd16, fvd128, fid_img, fid_vid, physics "
-                             "(default fvd16,physics)")
+                        help="comma-separated: fvd16, fvd128, fid_img, fid_vid, physics, "
+                             "novelty (default fvd16,physics)")
   evaluate.add_argument("--fid-weights", default="fid_inception.npz",
                         help="FID-img's InceptionV3 (.npz from ardiff convert fid-inception)")
   evaluate.add_argument("--fid-vid-weights", default="fid_resnet3d.npz",

@@ -21,7 +21,7 @@ import tqdm
 from ardiffusion_jax import diffusion, generate, runs, timesteps, viz
 from ardiffusion_jax import extract as extract_lib
 from ardiffusion_jax.data.synthetic import BouncingShapes
-from ardiffusion_jax.eval import physics, reconstruction
+from ardiffusion_jax.eval import novelty, physics, reconstruction
 from ardiffusion_jax.train import dit as train_dit
 from ardiffusion_jax.train import vae as train_vae
 from ardiffusion_jax.train.logging import read_metrics
@@ -44,6 +44,7 @@ def dataset_preview(config, workdir: pathlib.Path) -> dict:
   return {
       "preview_gif": gif.name,
       "clips": count,
+      "real_clips": config.demo.real_clips,
       "frames": config.data.num_frames,
       "resolution": config.data.resolution,
       "balls_per_clip": [int(e["ball_mask"].sum()) for e in examples],
@@ -82,11 +83,18 @@ def schedule_pictures(config, workdir: pathlib.Path) -> dict:
 
 
 def vae_stage(config, workdir: pathlib.Path) -> dict:
-  """Trains (or resumes) the tiny AR-VAE and scores held-out reconstructions."""
+  """Trains (or resumes) the tiny AR-VAE and scores its reconstructions of held-out clips:
+  the PSNR, and the physics of the reconstructions (the ceiling for the samples)."""
   result = train_vae.train(config, workdir / "vae")
   params = runs.load_run(workdir / "vae", "vae").variables["params"]
-  psnr = reconstruction.held_out_psnr(config, params, config.demo.real_clips, progress=True)
-  return {"steps": result.step, "held_out_psnr_db": round(psnr, 2)}
+  clips = reconstruction.reconstruct_held_out(config, params, config.demo.real_clips,
+                                              progress=True)
+  viz.write_gif(workdir / "reconstructions.gif",
+                viz.video_grid(np.concatenate([clips["real"][:4], clips["reconstructed"][:4]])),
+                scale=max(1, 128 // config.data.resolution))
+  return {"steps": result.step, "held_out_psnr_db": round(clips["psnr_db"], 2),
+          "reconstructions_gif": "reconstructions.gif",
+          "physics": physics.physics_score(clips["reconstructed"], clips["real"])}
 
 
 def dit_stage(config, workdir: pathlib.Path) -> dict:
@@ -101,31 +109,48 @@ def dit_stage(config, workdir: pathlib.Path) -> dict:
           "last_loss": records[-1]["loss"] if records else None}
 
 
+def _clips(source) -> np.ndarray:
+  return np.stack([source[i]["video"] for i in tqdm.trange(len(source), desc="real clips",
+                                                            unit="clip", leave=False)])
+
+
 def sampling_stage(config, workdir: pathlib.Path) -> dict:
-  """Samples at every s and one long video; decodes; scores physics. A setting whose
-  sample.json exists is not redone."""
+  """Samples at every s and the long videos; decodes; scores physics against held-out
+  real clips, novelty against the training clips, and the long videos window by window.
+  A setting whose sample.json exists is not redone."""
   generator = generate.Generator.from_checkpoint(workdir / "dit", vae_ckpt=workdir / "vae")
-  demo = config.demo
-  real_source = BouncingShapes.held_out(config.data, demo.real_clips)
-  real = np.stack([real_source[i]["video"] for i in range(len(real_source))])
-  settings = [(f"s{s}", config.sample.num_frames, s) for s in config.sample.s_values]
-  settings.append((f"long_{demo.long_frames}f_s{demo.long_s}", demo.long_frames, demo.long_s))
+  demo, window = config.demo, config.data.num_frames
+  real = _clips(BouncingShapes.held_out(config.data, demo.real_clips))
+  settings = [(f"s{s}", config.sample.num_frames, s, demo.sample_videos)
+              for s in config.sample.s_values]
+  settings += [(f"long_{demo.long_frames}f_s{s}", demo.long_frames, s, demo.long_videos)
+               for s in demo.long_s]
+  training = None  # rendered once, when a clip-length setting is first scored
   results = {}
-  for name, frames, s in settings:
+  for name, frames, s, num in settings:
     out = workdir / "samples" / name
     summary_file = out / "sample.json"
     if summary_file.exists():
       results[name] = json.loads(summary_file.read_text())
       continue
-    num = demo.sample_videos if frames == config.sample.num_frames else demo.long_videos
     latents, timing = generator.sample_latents(num, frames, s, batch_size=num, seed=config.seed)
-    videos = generator.decode(latents)
+    videos = generator.decode(latents, batch_size=demo.decode_batch)
     # Physics over windows as long as the real clips it is compared with.
-    usable = frames - frames % real.shape[1]
-    windows = videos[:, :usable].reshape((-1, real.shape[1]) + videos.shape[2:])
-    score = physics.physics_score(windows, real)
-    results[name] = generate.write_outputs(
-        out, videos, latents, dict(frames=frames, s=s, num=num, physics=score, **timing))
+    usable = frames - frames % window
+    windows = videos[:, :usable].reshape((-1, window) + videos.shape[2:])
+    extra = {"physics": physics.physics_score(windows, real)}
+    if frames == window:
+      if training is None:
+        training = novelty.TrainingClips(_clips(BouncingShapes.from_config(config.data)))
+      extra["novelty"] = novelty.novelty_scores({name: videos}, real, training)[name]
+    else:
+      extra["windows"] = physics.per_window(videos[:, :usable], window)
+    results[name] = generate.write_outputs(out, videos, latents,
+                                           dict(frames=frames, s=s, num=num, **extra, **timing),
+                                           grid_videos=demo.grid_videos)
+  long_runs = {name: r["windows"] for name, r in results.items() if "windows" in r}
+  if long_runs:
+    viz.plot_windows(workdir / "long_windows.png", long_runs, physics.summarize(real), window)
   return results
 
 
@@ -139,17 +164,32 @@ def run(config, workdir) -> dict:
   report["vae"] = vae_stage(config, workdir)
   report["dit"] = dit_stage(config, workdir)
   report["samples"] = sampling_stage(config, workdir)
-  real = BouncingShapes.held_out(config.data, config.demo.real_clips)
-  report["real_physics"] = physics.summarize([real[i]["video"] for i in range(len(real))])
+  report["real_physics"] = report["vae"]["physics"]["real"]  # the held-out clips
   report["seconds"] = round(time.time() - start, 1)
   (workdir / "report.json").write_text(json.dumps(report, indent=2))
   (workdir / "report.md").write_text(_markdown(report))
   return report
 
 
+def _late_windows(windows: list) -> dict:
+  """Mean balls and count steadiness over the windows of a long video's last quarter."""
+  late = windows[len(windows) - max(1, len(windows) // 4):]
+  return {key: float(np.nanmean([w[key] for w in late])) for key in ("balls", "count_consistency")}
+
+
+def _physics_cells(phys: dict) -> str:
+  stats = phys["samples"]
+  return (f"{stats['balls']:.2f} | {stats['count_consistency']:.2f} | {phys['speed_ratio']:.2f} | "
+          f"{phys['acceleration_ratio']:.2f} | {phys['wall_bounce_ratio']:.2f} | "
+          f"{stats['palette_fraction']:.2f}")
+
+
 def _markdown(report: dict) -> str:
   data, sched = report["dataset"], report["schedules"]
   vae, dit, real = report["vae"], report["dit"], report["real_physics"]
+  samples = report["samples"]
+  clip_settings = {n: r for n, r in samples.items() if "novelty" in r}
+  long_settings = {n: r for n, r in samples.items() if "windows" in r}
   lines = [
       "# ardiff demo report", "",
       f"Config variant `{report['config']}`, {report['seconds']} s for this invocation "
@@ -164,29 +204,45 @@ def _markdown(report: dict) -> str:
       f"![ad]({sched['ad_schedules_png']})", "",
       "## Models", "",
       f"- AR-VAE: {vae['steps']} steps, held-out reconstruction PSNR "
-      f"{vae['held_out_psnr_db']} dB.",
+      f"{vae['held_out_psnr_db']} dB (real clips above, reconstructions below:",
+      f"  [reconstructions.gif]({vae['reconstructions_gif']})).",
       f"- DiT: {dit['steps']} steps on {dit['latent_shards']} latent shards, loss "
       f"{dit['first_loss']:.4f} -> {dit['last_loss']:.4f}.", "",
+      f"![reconstructions]({vae['reconstructions_gif']})", "",
       "## Samples", "",
-      "| setting | frames | s | AD rows | s/video | compile s | balls | count steady | "
-      "speed ratio | accel ratio | palette colours |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+      "| setting | videos | s | AD rows | s/video | balls | count steady | speed ratio | "
+      "accel ratio | wall-bounce ratio | palette colours | novelty (NN ratio) |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+      f"| real clips | {data['real_clips']} | | | | {real['balls']:.2f} | "
+      f"{real['count_consistency']:.2f} | 1 | 1 | 1 | {real['palette_fraction']:.2f} | 1 |",
+      f"| AR-VAE reconstructions (ceiling) | {data['real_clips']} | | | | "
+      f"{_physics_cells(vae['physics'])} | |",
   ]
-  for name, result in report["samples"].items():
-    phys = result["physics"]
+  for name, result in clip_settings.items():
     lines.append(
-        f"| [{name}](samples/{name}/grid.gif) | {result['frames']} | {result['s']} | "
-        f"{result['rows']} | {result['seconds_per_video']:.2f} | {result['compile_seconds']:.1f} | "
-        f"{phys['samples']['balls']:.2f} | {phys['samples']['count_consistency']:.2f} | "
-        f"{phys['speed_ratio']:.2f} | {phys['acceleration_ratio']:.2f} | "
-        f"{phys['samples']['palette_fraction']:.2f} |")
+        f"| [{name}](samples/{name}/grid.gif) | {result['num']} | {result['s']} | {result['rows']} | "
+        f"{result['seconds_per_video']:.2f} | {_physics_cells(result['physics'])} | "
+        f"{result['novelty']['ratio']:.2f} |")
   lines += [
-      "", f"Real clips: {real['balls']:.2f} balls, count steady {real['count_consistency']:.2f}, "
-      f"speed {real['speed']:.2f} px/frame, acceleration {real['acceleration']:.2f} px/frame², "
-      f"palette colours {real['palette_fraction']:.2f} (the share of balls within "
-      f"{physics.COLOUR_TOLERANCE:.0f} RGB of a palette colour).",
-      "Ratios are sample / real (1.00 matches); see `ardiffusion_jax/eval/physics.py`.", "",
+      "", f"Real clips: speed {real['speed']:.2f} px/frame, acceleration "
+      f"{real['acceleration']:.2f} px/frame², {real['wall_bounce_fraction']:.2f} of bounces at a "
+      f"wall; palette colours is the share of balls within {physics.COLOUR_TOLERANCE:.0f} RGB of a "
+      "palette colour. Ratios are sample / real (1.00 matches); see "
+      "`ardiffusion_jax/eval/physics.py`. Novelty: the mean RMS distance from each sample to its "
+      "nearest training clip over the same distance for held-out real clips (under 1: nearer "
+      "the training set than new real videos; `ardiffusion_jax/eval/novelty.py`).", "",
   ]
-  for name in report["samples"]:
+  if long_settings:
+    lines += ["## Long videos", "", "![windows](long_windows.png)", "",
+              "| setting | videos | frames | s/video | balls, first window | balls, last quarter | "
+              "count steady, first window | count steady, last quarter |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, result in long_settings.items():
+      first, late = result["windows"][0], _late_windows(result["windows"])
+      lines.append(f"| [{name}](samples/{name}/grid.gif) | {result['num']} | {result['frames']} | "
+                   f"{result['seconds_per_video']:.2f} | {first['balls']:.2f} | {late['balls']:.2f} | "
+                   f"{first['count_consistency']:.2f} | {late['count_consistency']:.2f} |")
+    lines.append("")
+  for name in samples:
     lines += [f"### {name}", "", f"![{name}](samples/{name}/grid.gif)", ""]
   return "\n".join(lines)

@@ -202,8 +202,10 @@ class Generator:
     return self.encode(video_lib.resize_center_crop(frames, self.resolution))
 
 
-def write_outputs(out_dir, videos, latents, settings: dict, fps: int = 8) -> dict:
-  """mp4 per sample, a GIF grid, the latents as npz and the settings as JSON."""
+def write_outputs(out_dir, videos, latents, settings: dict, fps: int = 8,
+                  grid_videos: Optional[int] = None) -> dict:
+  """mp4 per sample, a GIF grid (of the first `grid_videos`; default all), the latents as
+  npz and the settings as JSON."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   files = []
@@ -211,7 +213,7 @@ def write_outputs(out_dir, videos, latents, settings: dict, fps: int = 8) -> dic
     files = [video_lib.write_video(out / f"sample_{i:03d}.mp4", v, fps).name
              for i, v in enumerate(videos)]
     scale = max(1, 128 // videos.shape[2])
-    viz.write_gif(out / "grid.gif", viz.video_grid(videos), fps=fps, scale=scale)
+    viz.write_gif(out / "grid.gif", viz.video_grid(videos[:grid_videos]), fps=fps, scale=scale)
   np.savez(out / "latents.npz", latents=latents,
            **{k: np.asarray(v) for k, v in settings.items() if isinstance(v, (int, float))})
   summary = dict(settings, videos=files, grid="grid.gif" if files else None,

@@ -73,6 +73,24 @@ def plot_ad_schedules(path, matrices: dict, num_timesteps: int):
   return _save(fig, path)
 
 
+def plot_windows(path, series: dict, real: dict, window: int,
+                 keys=(("balls", "balls per frame"), ("count_consistency", "count steady"))):
+  """Statistics along long videos, one point per `window`-frame window: `series` maps a
+  name to a list of per-window dicts (`eval.physics.per_window`); `real` gives the real
+  clips' values as dashed reference lines."""
+  fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+  for ax, (key, label) in zip(np.atleast_1d(axes), keys):
+    for name, windows in series.items():
+      starts = np.arange(len(windows)) * window
+      ax.plot(starts, [w[key] for w in windows], marker="o", ms=3, label=name)
+    ax.axhline(real[key], color="black", ls="--", lw=1, label="real clips")
+    ax.set_xlabel(f"first frame of the {window}-frame window")
+    ax.set_title(label, fontsize=10)
+  np.atleast_1d(axes)[0].legend(fontsize=7)
+  fig.suptitle("Long videos: physics statistics per window")
+  return _save(fig, path)
+
+
 def _save(fig, path):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh --test
-if [[ $# -eq 0 ]]; then set -- -m "not slow" tests/unit tests/acceptance colabs; fi
+if [[ $# -eq 0 ]]; then set -- -m "not slow" tests/acceptance colabs tests/unit; fi
 # Notebooks run under nbmake at smoke size. Tests are spread over ARDIFF_TEST_WORKERS
 # processes (pytest-xdist); those that share an expensive fixture are one xdist_group and
 # stay on one worker (the demo run of test_pipeline.py). 0 runs everything in this process.

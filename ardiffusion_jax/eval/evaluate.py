@@ -3,8 +3,10 @@ report (metric by s, plus inference time) as JSON and markdown.
 
 Metrics: `fvd16` / `fvd128` (I3D, `eval/fvd.py`, on 16- and 128-frame clips), `fid_img`
 (InceptionV3 on every frame of the 16-frame clips) and `fid_vid` (3D ResNet-50 on them,
-`eval/fid.py`), and `physics` (the synthetic dataset's ball tracking, `eval/physics.py`). Real clips come
-from the config's data section: the synthetic held-out seed, or your dataset's files.
+`eval/fid.py`), `physics` (the synthetic dataset's ball tracking, `eval/physics.py`) and
+`novelty` (the distance to the nearest training clip against that of held-out clips,
+`eval/novelty.py`; synthetic data). Real clips come from the config's data section: the
+synthetic held-out seed, or your dataset's files.
 """
 
 import json
@@ -19,11 +21,13 @@ from ardiffusion_jax.data.synthetic import BouncingShapes
 from ardiffusion_jax.errors import ArgumentError, ConfigError
 from ardiffusion_jax.eval import fid as fid_lib
 from ardiffusion_jax.eval import fvd as fvd_lib
-from ardiffusion_jax.eval import physics
+from ardiffusion_jax.eval import novelty, physics
 
 FVD_FRAMES = {"fvd16": 16, "fvd128": 128}
-CLIP_METRICS = ("fid_img", "fid_vid", "physics")  # scored on the 16-frame clips
+CLIP_METRICS = ("fid_img", "fid_vid", "physics", "novelty")  # scored on the 16-frame clips
 METRICS = (*FVD_FRAMES, *CLIP_METRICS)
+# Below this many clips a set's physics statistics are too noisy to tell settings apart.
+MIN_PHYSICS_CLIPS = 64
 
 
 def check_metrics(metrics, data_name: str):
@@ -32,8 +36,9 @@ def check_metrics(metrics, data_name: str):
   for metric in metrics:
     if metric not in METRICS:
       raise ArgumentError("metrics", f"unknown metric {metric!r}; expected some of {METRICS}")
-  if "physics" in metrics and data_name != "synthetic":
-    raise ArgumentError("metrics", "physics scores the synthetic bouncing balls only")
+  for metric in ("physics", "novelty"):
+    if metric in metrics and data_name != "synthetic":
+      raise ArgumentError("metrics", f"{metric} scores the synthetic bouncing balls only")
 
 
 def check_s_values(s_values, num_steps=None):
@@ -104,6 +109,12 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
   real = {frames: videos[:num] for frames, videos in clips.items()}
   real_features = {frames: features(videos) for frames, videos in real.items()} if features else {}
   real_fid = {metric: net(real[16]) for metric, net in fid_nets.items()}
+  training = None
+  if "novelty" in metrics:
+    data = config.data.copy_and_resolve_references()
+    data.num_frames = 16
+    source = BouncingShapes.from_config(data)
+    training = novelty.TrainingClips(np.stack([source[i]["video"] for i in range(len(source))]))
 
   def score(row, frames, videos):
     """Every asked-for metric of `videos` (`frames` long) against the real clips."""
@@ -115,6 +126,8 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
         row["physics"] = physics.physics_score(videos, real[16])
       for metric, net in fid_nets.items():
         row[metric] = fvd_lib.fvd(real_fid[metric], net(videos))
+      if training is not None:
+        row["novelty"] = novelty.novelty_scores({"set": videos}, real[16], training)["set"]
     return row
 
   results = {}
@@ -152,7 +165,7 @@ def markdown(report: dict) -> str:
   rows = report["results"]
   times = sorted({k for row in rows.values() for k in row if k.startswith("seconds_per_video")})
   names = {"fvd16": "FVD16", "fvd128": "FVD128", "fid_img": "FID-img", "fid_vid": "FID-vid",
-           "physics": "physics (speed / accel ratio)"}
+           "physics": "physics (speed / accel ratio)", "novelty": "novelty (NN ratio)"}
   header = ["s"] + [names[m] for m in metrics]
   header += [f"s/video ({k.rsplit('_', 1)[1]})" for k in times]
   lines = [f"# ardiff eval: {report['dataset']}, {report['num_clips']} clips per set", "",
@@ -163,12 +176,19 @@ def markdown(report: dict) -> str:
     for metric in metrics:
       value = row[metric]
       cells.append(f"{value['speed_ratio']:.2f} / {value['acceleration_ratio']:.2f}"
-                   if metric == "physics" else f"{value:.1f}")
+                   if metric == "physics" else f"{value['ratio']:.2f}" if metric == "novelty"
+                   else f"{value:.1f}")
     cells += [f"{row[k]:.2f}" if k in row else "" for k in times]
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "Fréchet distances in float64 (FVD: I3D Kinetics-400 logits; FID-img: "
             "InceptionV3 pool3 of every frame; FID-vid: 3D ResNet-50); only comparable at the "
             "same number of clips."]
+  if "physics" in metrics and report["num_clips"] < MIN_PHYSICS_CLIPS:
+    lines += ["", f"Physics from {report['num_clips']} clips per set: below {MIN_PHYSICS_CLIPS} "
+              "the statistics are too noisy to tell settings apart."]
+  if "novelty" in metrics:
+    lines += ["", "Novelty: the samples' mean RMS distance to their nearest training clip over "
+              "that of held-out real clips (under 1: nearer the training set than new videos)."]
   if report.get("references"):
     lines += ["", "Reference rows, against the same real clips: another set of real clips "
               "(the floor: what sampling noise alone gives) and those clips encoded and decoded "

@@ -53,7 +53,8 @@ class InceptionFeatures(BatchedFeatures):
 
   def __init__(self, weights_path, batch_size: int = 32):
     variables = load_metric_net("fid-inception", weights_path)
-    super().__init__(lambda x: FIDInceptionV3().apply(variables, preprocess(x)), batch_size)
+    super().__init__(lambda params, x: FIDInceptionV3().apply(params, preprocess(x)), variables,
+                     batch_size)
 
   def __call__(self, frames) -> np.ndarray:
     return self.features(frames)
@@ -64,7 +65,8 @@ class ResNet3DFeatures(BatchedFeatures):
 
   def __init__(self, weights_path, batch_size: int = 8):
     variables = load_metric_net("fid-resnet3d", weights_path)
-    super().__init__(lambda x: ResNet3D50().apply(variables, preprocess_resnet3d(x)), batch_size)
+    super().__init__(lambda params, x: ResNet3D50().apply(params, preprocess_resnet3d(x)),
+                     variables, batch_size)
 
   def __call__(self, videos) -> np.ndarray:
     segments, k = segments_of(videos)

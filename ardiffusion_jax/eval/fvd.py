@@ -87,11 +87,15 @@ def preprocess(videos):
 
 
 class BatchedFeatures:
-  """Applies a jitted feature network in fixed-size batches (one compiled shape; the last
-  batch is padded with copies and the padding dropped)."""
+  """Applies a feature network `apply(variables, inputs)` under jit in fixed-size batches
+  (one compiled shape; the last batch is padded with copies and the padding dropped). The
+  weights are an argument of the compiled program, not constants folded into it: a
+  network of tens of millions of weights compiles in a fraction of the time, and its
+  executable stays small enough to cache."""
 
-  def __init__(self, embed, batch_size: int):
-    self._embed, self.batch_size = jax.jit(embed), batch_size
+  def __init__(self, apply, variables, batch_size: int):
+    self._embed, self.batch_size = jax.jit(apply), batch_size
+    self._variables = jax.device_put(variables)
 
   def features(self, inputs) -> np.ndarray:
     inputs = np.asarray(inputs)
@@ -101,7 +105,7 @@ class BatchedFeatures:
       pad = self.batch_size - len(chunk)
       if pad:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-      out.append(np.asarray(self._embed(chunk), np.float64)[:self.batch_size - pad])
+      out.append(np.asarray(self._embed(self._variables, chunk), np.float64)[:self.batch_size - pad])
     return np.concatenate(out)
 
 
@@ -110,8 +114,8 @@ class I3DFeatures(BatchedFeatures):
 
   def __init__(self, path=None, batch_size: int = 8):
     model, variables = load_i3d(path)
-    super().__init__(lambda v: model.apply(variables, preprocess(v), is_training=False)[0],
-                     batch_size)
+    super().__init__(lambda params, v: model.apply(params, preprocess(v), is_training=False)[0],
+                     variables, batch_size)
 
   def __call__(self, videos) -> np.ndarray:
     videos = np.asarray(videos)
@@ -148,6 +152,23 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def fvd(real_features, fake_features) -> float:
-  """The Fréchet distance between two feature sets [N, D]: FVD with `I3DFeatures`, FID
-  with `fid.InceptionFeatures`."""
-  return frechet_distance(*statistics(real_features), *statistics(fake_features))
+  """The Fréchet distance between the Gaussians of two feature sets [N, D] (float64,
+  covariances normalised by N − 1): FVD with `I3DFeatures`, FID with
+  `fid.InceptionFeatures`.
+
+  With fewer samples than dimensions (256 clips against the 2,048 Inception features),
+  the trace term comes from the samples themselves: for centred features A [N1, D] and
+  B [N2, D], the non-zero eigenvalues of Σ1^½ Σ2 Σ1^½ are the squared singular values of
+  A Bᵀ / √((N1 − 1)(N2 − 1)), so Tr (Σ1 Σ2)^½ is that matrix's nuclear norm: one
+  N1 × N2 SVD instead of two D × D eigendecompositions, with the same value."""
+  a, b = np.asarray(real_features, np.float64), np.asarray(fake_features, np.float64)
+  if min(len(a), len(b)) >= a.shape[1]:
+    return frechet_distance(*statistics(a), *statistics(b))
+  if min(len(a), len(b)) < 2:
+    raise ValueError("the Fréchet distance needs at least 2 samples per set")
+  mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+  a, b = a - mu1, b - mu2
+  n1, n2 = len(a) - 1, len(b) - 1
+  trace_sqrt = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(n1 * n2)
+  return float(np.sum(np.square(mu1 - mu2)) + np.sum(a * a) / n1 + np.sum(b * b) / n2
+               - 2 * trace_sqrt)

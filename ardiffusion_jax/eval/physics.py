@@ -144,6 +144,16 @@ def summarize(videos) -> dict:
       np.isfinite(s[key]) for s in stats) else float("nan") for key in stats[0]}
 
 
+def per_window(videos, window: int) -> list:
+  """`summarize` of each `window`-frame stretch of videos [N, F, H, W, 3], in order: how
+  the statistics drift along a long video. F must be a multiple of `window`."""
+  videos = np.asarray(videos)
+  if videos.shape[1] % window:
+    raise ValueError(f"{videos.shape[1]} frames do not split into {window}-frame windows")
+  return [summarize(videos[:, start:start + window])
+          for start in range(0, videos.shape[1], window)]
+
+
 def physics_score(samples, real) -> dict:
   """Statistics of samples and real clips side by side, and the sample/real ratios of
   speed, acceleration, bounce correctness and palette colours (1.0 is a perfect match)."""

@@ -5,6 +5,7 @@ Only the primary process writes. Array metrics (e.g. loss per frame) become list
 
 import json
 import pathlib
+import sys
 import warnings
 
 import numpy as np
@@ -19,8 +20,7 @@ class MetricWriter:
     if enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
       try:
-        from tensorboardX import SummaryWriter
-        self._tensorboard = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        self._tensorboard = _summary_writer()(str(pathlib.Path(workdir) / "tensorboard"))
       except ImportError:
         pass
 
@@ -53,6 +53,21 @@ class MetricWriter:
   def close(self):
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def _summary_writer():
+  """tensorboardX's SummaryWriter class, imported with torch hidden when nothing has
+  imported it yet: tensorboardX imports torch, when installed, only to accept its tensors
+  (3 s of every training process's start on a 2-core CPU), and we log Python floats."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError; tensorboardX falls back
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter
 
 
 def _records(path) -> list:

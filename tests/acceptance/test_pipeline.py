@@ -58,9 +58,17 @@ def test_demo_runs_the_whole_pipeline(demo_dir):
     assert abs(_gif_duration_ms(folder / "grid.gif") - frames * 125) <= frames * 5
     assert set(result["physics"]) == {"samples", "real", "speed_ratio", "acceleration_ratio",
                                       "wall_bounce_ratio", "elasticity_ratio", "palette_ratio"}
+    if name.startswith("long"):  # the long video window by window
+      assert len(result["windows"]) == frames // 8 and "novelty" not in result
+    else:
+      assert result["num"] == 4 and result["novelty"]["held_out_nn"] > 0
+  assert set(report["vae"]["physics"]) >= {"samples", "speed_ratio", "palette_ratio"}
+  assert Image.open(demo_dir / report["vae"]["reconstructions_gif"]).n_frames == 8
+  assert Image.open(demo_dir / "long_windows.png").size[0] > 300
   markdown = (demo_dir / "report.md").read_text()
   assert "![preview](preview.gif)" in markdown and "samples/s5/grid.gif" in markdown
-  assert "| palette colours |" in markdown
+  assert "| palette colours |" in markdown and "| AR-VAE reconstructions (ceiling) |" in markdown
+  assert "## Long videos" in markdown and "![windows](long_windows.png)" in markdown
 
 
 def test_demo_resumes_without_redoing_finished_stages(demo_dir):
@@ -148,7 +156,7 @@ def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path):
       jax.random.key(0), jnp.zeros((1, 16, 112, 112, 3))))
   out = tmp_path / "eval"
   assert cli.main(["eval", "--config", "configs/synthetic.py:smoke", "--ckpt", str(demo_dir / "dit"),
-                   "--metrics", "fvd16,fid_img,fid_vid,physics", "--s", "0,10", "--num", "2",
+                   "--metrics", "fvd16,fid_img,fid_vid,physics,novelty", "--s", "0,10", "--num", "2",
                    "--batch-size", "2", "--fid-weights", str(tmp_path / "fid.npz"),
                    "--fid-vid-weights", str(tmp_path / "r3d.npz"), "--references",
                    "--out", str(out)]) == 0
@@ -157,11 +165,15 @@ def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path):
   for name, row in report["results"].items():
     assert row["fvd16"] > 0 and row["fid_img"] > 0 and row["fid_vid"] > 0
     assert set(row["physics"]) >= {"speed_ratio", "acceleration_ratio", "palette_ratio"}
+    assert row["novelty"]["samples_nn"] > 0 and row["novelty"]["held_out_nn"] > 0
     assert (row["seconds_per_video_16f"] > 0) if name in ("0", "10") else (
         "seconds_per_video_16f" not in row)  # the reference rows sample nothing
   # Real clips against other real clips: every ball wears a palette colour in both.
   floor = report["results"]["real"]["physics"]
   assert 0.8 < floor["palette_ratio"] < 1.25 and 0.33 < floor["speed_ratio"] < 3
+  assert 0.5 < report["results"]["real"]["novelty"]["ratio"] < 2  # new real clips: like held-out
   table = (out / "eval.md").read_text()
-  assert "| s | FVD16 | FID-img | FID-vid | physics (speed / accel ratio) | s/video (16f) |" in table
+  assert ("| s | FVD16 | FID-img | FID-vid | physics (speed / accel ratio) | novelty (NN ratio) | "
+          "s/video (16f) |") in table
   assert "| real clips (floor) |" in table and "| AR-VAE reconstructions (ceiling) |" in table
+  assert "novelty (NN ratio)" in table and "Physics from 2 clips per set" in table

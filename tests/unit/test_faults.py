@@ -1,5 +1,5 @@
 """Faults injected into the pieces that must lose nothing: the workdir lock, checkpoint
-fallback from an unreadable step, and a torn metrics line. (The NaN guard, the lock
+fallback from an unreadable step, a torn metrics line, and the TensorBoard log. (The NaN guard, the lock
 between two real runs and the fallback of a real run are in test_train_loop.py.)"""
 
 import json
@@ -160,6 +160,30 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
   resumed.write(3, {"loss": 0.1})
   resumed.close()
   assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_tensorboard_gets_every_scalar_without_importing_torch(tmp_path):
+  # In a fresh process, as a training run starts: tensorboardX would import torch (seconds).
+  script = f"""
+import sys
+from ardiffusion_jax.train.logging import MetricWriter
+writer = MetricWriter({str(tmp_path)!r})
+writer.write(7, {{"loss": 0.25, "loss_per_frame": [0.5, 0.125]}})
+writer.close()
+assert "torch" not in sys.modules, "the metric writer imported torch"
+"""
+  subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+  from tensorboardX.proto import event_pb2
+  (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+  data, scalars = events.read_bytes(), {}
+  while data:  # TFRecords: length (8 bytes), its CRC (4), the record, its CRC (4)
+    length = int.from_bytes(data[:8], "little")
+    event = event_pb2.Event.FromString(data[12:12 + length])
+    scalars.update({v.tag: (event.step, v.simple_value) for v in event.summary.value})
+    data = data[16 + length:]
+  assert scalars == {"loss": (7, 0.25), "loss_per_frame/0": (7, 0.5),
+                     "loss_per_frame/1": (7, 0.125)}
+  assert read_metrics(tmp_path) == [{"step": 7, "loss": 0.25, "loss_per_frame": [0.5, 0.125]}]
 
 
 def test_load_run_names_the_kind_and_checks_dit_weights_fit(smoke_dit_run, tmp_path):

@@ -24,6 +24,17 @@ def test_frechet_distance_matches_closed_forms_and_scipy():
   reference = (np.sum((m1 - m2) ** 2) + np.trace(c1) + np.trace(c2)
                - 2 * np.trace(scipy.linalg.sqrtm(c1 @ c2).real))
   assert fvd.frechet_distance(m1, c1, m2, c2) == pytest.approx(reference, rel=1e-6)
+  # fvd() on so few samples takes the trace term from the samples (an SVD of A Bᵀ), on as
+  # many samples as dimensions from the covariances: the same distance either way (up to
+  # the square roots of the rank-deficient covariances' round-off eigenvalues, ~1e-8).
+  assert fvd.fvd(a, b) == pytest.approx(fvd.frechet_distance(m1, c1, m2, c2), rel=1e-7)
+  assert fvd.fvd(a[:7], b) == pytest.approx(fvd.frechet_distance(
+      *fvd.statistics(a[:7]), *fvd.statistics(b)), rel=1e-7)
+  many_a, many_b = rng.standard_normal((80, 16)), rng.standard_normal((90, 16)) + 0.5
+  assert fvd.fvd(many_a, many_b) == pytest.approx(fvd.frechet_distance(
+      *fvd.statistics(many_a), *fvd.statistics(many_b)), rel=1e-9)
+  with pytest.raises(ValueError, match="at least 2 samples"):
+    fvd.fvd(a[:1], b)
 
 
 def test_tf1_bilinear_resize_uses_corner_aligned_source_pixels():

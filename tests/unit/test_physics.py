@@ -1,6 +1,7 @@
 """The physics score on clips with known ground truth (the synthetic generator's)."""
 
 import numpy as np
+import pytest
 
 from ardiffusion_jax.data.synthetic import BACKGROUND, BouncingShapes
 from ardiffusion_jax.eval import physics
@@ -66,3 +67,15 @@ def test_colour_fidelity_sees_lost_hue_but_not_motion():
     assert stats[name]["palette_fraction"] < 0.5 and stats[name]["colour_error"] > 30, name
   assert 0.95 < physics.physics_score(real[6:], real[:6])["palette_ratio"] < 1.05
   assert physics.physics_score(grey, real)["palette_ratio"] < 0.5
+
+
+def test_per_window_statistics_follow_a_video_that_loses_its_ball():
+  source = _source(num_videos=3, num_frames=16)
+  videos = np.stack([source[i]["video"] for i in range(3)])
+  videos[:, 8:] = BACKGROUND  # the ball vanishes halfway: the second window is empty
+  first, second = physics.per_window(videos, 8)
+  assert first["balls"] == 1 and first["count_consistency"] == 1
+  assert second["balls"] == 0 and second["count_consistency"] == 1
+  assert first == physics.summarize(videos[:, :8])
+  with pytest.raises(ValueError, match="do not split into 5-frame windows"):
+    physics.per_window(videos, 5)
