@@ -43,6 +43,8 @@ def test_demo_runs_the_whole_pipeline(demo_dir):
     assert Image.open(demo_dir / report["schedules"][name]).size[0] > 300
   assert report["schedules"]["ad_rows_per_s"] == {"0": 10, "5": 45, "10": 80}
   assert report["vae"]["steps"] == 20 and 5 < report["vae"]["held_out_psnr_db"] < 60
+  assert set(report["stage_seconds"]) == {"dataset", "schedules", "vae", "dit", "samples"}
+  assert sum(report["stage_seconds"].values()) <= report["seconds"] + 1  # each rounded
   assert report["dit"]["steps"] == 20
   assert report["dit"]["last_loss"] < report["dit"]["first_loss"]
   assert set(report["samples"]) == {"s0", "s5", "s10", "long_16f_s2"}
