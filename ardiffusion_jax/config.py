@@ -254,8 +254,8 @@ def _validate_vae_train(train, data, vae, mesh_shape):
   _check_batch_split("vae_train.batch_size", train.batch_size, mesh_shape)
   _require(1 <= train.clip_frames <= data.num_frames, "vae_train.clip_frames",
            f"must be in [1, data.num_frames={data.num_frames}], got {train.clip_frames}")
-  for field in ("lr", "disc_lr"):
-    _check_lr(f"vae_train.{field}", train[field])
+  _validate_lr_schedule(train, "vae_train")
+  _check_lr("vae_train.disc_lr", train.disc_lr)
   _require(train.disc_start >= -1, "vae_train.disc_start", "must be -1 (off) or a step >= 0")
   _require(train.trainable in ("all", "temporal"), "vae_train.trainable",
            f"expected 'all' or 'temporal', got {train.trainable!r}")
@@ -300,6 +300,18 @@ def _check_lr(field, lr):
   _require(math.isfinite(lr) and lr > 0, field, f"must be a finite number > 0, got {lr}")
 
 
+def _validate_lr_schedule(train, section: str):
+  """The fields of `train.state.learning_rate_schedule`, in `train` or `vae_train`."""
+  _check_lr(f"{section}.lr", train.lr)
+  _require(train.lr_schedule in ("constant", "cosine"), f"{section}.lr_schedule",
+           f"expected 'constant' or 'cosine', got {train.lr_schedule!r}")
+  if train.lr_schedule == "cosine":  # a constant schedule never reaches lr_final
+    _check_lr(f"{section}.lr_final", train.lr_final)
+    _require(train.lr_final <= train.lr, f"{section}.lr_final", "must be in (0, lr]")
+  _require(0 <= train.warmup_steps <= train.steps, f"{section}.warmup_steps",
+           "must be in [0, steps]")
+
+
 def _validate_loop_fields(train, section: str):
   """The shared training loop's settings (train/loop.py), in `train` or `vae_train`."""
   for field in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
@@ -321,12 +333,7 @@ def _validate_train(train, mesh_shape):
   _require(train.grad_accum >= 1 and train.batch_size % train.grad_accum == 0, "train.grad_accum",
            f"must be >= 1 and divide batch_size {train.batch_size}, got {train.grad_accum}")
   _check_batch_split("train.batch_size", train.batch_size // train.grad_accum, mesh_shape)
-  _check_lr("train.lr", train.lr)
-  _require(train.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
-           f"expected 'constant' or 'cosine', got {train.lr_schedule!r}")
-  _check_lr("train.lr_final", train.lr_final)
-  _require(train.lr_final <= train.lr, "train.lr_final", "must be in (0, lr]")
-  _require(0 <= train.warmup_steps <= train.steps, "train.warmup_steps", "must be in [0, steps]")
+  _validate_lr_schedule(train, "train")
   _require(train.grad_clip > 0, "train.grad_clip", f"must be > 0, got {train.grad_clip}")
   _require(0 <= train.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {train.ema_decay}")
   _require(0 <= train.label_dropout < 1, "train.label_dropout",

@@ -82,6 +82,10 @@ def schedule_pictures(config, workdir: pathlib.Path) -> dict:
   }
 
 
+# A tokenizer within this of the mean frame's PSNR has not left the mean image.
+MEAN_IMAGE_MARGIN_DB = 2.0
+
+
 def vae_stage(config, workdir: pathlib.Path) -> dict:
   """Trains (or resumes) the tiny AR-VAE and scores its reconstructions of held-out clips:
   the PSNR, and the physics of the reconstructions (the ceiling for the samples)."""
@@ -92,9 +96,19 @@ def vae_stage(config, workdir: pathlib.Path) -> dict:
   viz.write_gif(workdir / "reconstructions.gif",
                 viz.video_grid(np.concatenate([clips["real"][:4], clips["reconstructed"][:4]])),
                 scale=max(1, 128 // config.data.resolution))
-  return {"steps": result.step, "held_out_psnr_db": round(clips["psnr_db"], 2),
-          "reconstructions_gif": "reconstructions.gif",
-          "physics": physics.physics_score(clips["reconstructed"], clips["real"])}
+  summary = {"steps": result.step, "held_out_psnr_db": round(clips["psnr_db"], 2),
+             "mean_image_psnr_db": round(clips["mean_image_psnr_db"], 2),
+             "reconstructions_gif": "reconstructions.gif",
+             "physics": physics.physics_score(clips["reconstructed"], clips["real"])}
+  if clips["psnr_db"] < clips["mean_image_psnr_db"] + MEAN_IMAGE_MARGIN_DB:
+    summary["warning"] = (
+        f"the AR-VAE scores {clips['psnr_db']:.2f} dB, within {MEAN_IMAGE_MARGIN_DB} dB of the "
+        f"held-out clips' mean frame ({clips['mean_image_psnr_db']:.2f} dB): it has not left the "
+        "mean image, so its latents carry almost nothing for the DiT to learn. Trained from "
+        "scratch, the tiny tokenizer stays there for a number of steps that depends on the "
+        "seed; train it longer (--set vae_train.steps=...) or with another --set seed=...")
+    print(f"warning: {summary['warning']}", flush=True)
+  return summary
 
 
 def dit_stage(config, workdir: pathlib.Path) -> dict:
@@ -211,6 +225,7 @@ def _markdown(report: dict) -> str:
       f"  [reconstructions.gif]({vae['reconstructions_gif']})).",
       f"- DiT: {dit['steps']} steps on {dit['latent_shards']} latent shards, loss "
       f"{dit['first_loss']:.4f} -> {dit['last_loss']:.4f}.", "",
+      *([f"**Warning: {vae['warning']}**", ""] if "warning" in vae else []),
       f"![reconstructions]({vae['reconstructions_gif']})", "",
       "## Samples", "",
       "| setting | videos | s | AD rows | s/video | balls | count steady | speed ratio | "

@@ -60,8 +60,8 @@ def make_optimizers(train_config, params_shape):
       lambda u, trains: u if trains else jnp.zeros_like(u), updates, mask))
   generator = optax.chain(
       freeze, optax.clip_by_global_norm(train_config.grad_clip),
-      optax.adamw(train_config.lr, b1=train_config.b1, b2=train_config.b2,
-                  weight_decay=train_config.weight_decay, mask=mask))
+      optax.adamw(state_lib.learning_rate_schedule(train_config), b1=train_config.b1,
+                  b2=train_config.b2, weight_decay=train_config.weight_decay, mask=mask))
   disc = optax.adamw(train_config.disc_lr, b1=train_config.b1, b2=train_config.b2,
                      weight_decay=train_config.weight_decay)
   return generator, disc

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ardiffusion_jax import cli, generate
+from ardiffusion_jax import cli, demo, generate
 
 # Every test here reads the one demo run: keep them on one xdist worker (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("demo")
@@ -42,7 +42,13 @@ def test_demo_runs_the_whole_pipeline(demo_dir):
   for name in ("training_schedules_png", "ad_schedules_png"):
     assert Image.open(demo_dir / report["schedules"][name]).size[0] > 300
   assert report["schedules"]["ad_rows_per_s"] == {"0": 10, "5": 45, "10": 80}
-  assert report["vae"]["steps"] == 20 and 5 < report["vae"]["held_out_psnr_db"] < 60
+  vae = report["vae"]
+  assert vae["steps"] == 20 and 5 < vae["held_out_psnr_db"] < 60
+  # The warning is there exactly when the tokenizer is near the mean frame's PSNR.
+  assert 5 < vae["mean_image_psnr_db"] < 40
+  near_mean = vae["held_out_psnr_db"] < vae["mean_image_psnr_db"] + demo.MEAN_IMAGE_MARGIN_DB
+  assert ("warning" in vae) == near_mean
+  assert ("**Warning: the AR-VAE scores" in (demo_dir / "report.md").read_text()) == near_mean
   assert set(report["stage_seconds"]) == {"dataset", "schedules", "vae", "dit", "samples"}
   assert sum(report["stage_seconds"].values()) <= report["seconds"] + 1  # each rounded
   assert report["dit"]["steps"] == 20

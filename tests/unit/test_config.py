@@ -141,3 +141,15 @@ def test_the_nonfinite_step_limit_is_validated(section):
   with pytest.raises(ConfigError, match=rf"config.{section}.max_nonfinite_steps: must be an "
                                         rf"int >= 1, got 0"):
     config_lib.load_config("configs/synthetic.py:smoke", [f"{section}.max_nonfinite_steps=0"])
+
+
+@pytest.mark.parametrize("section", ["train", "vae_train"])
+def test_learning_rate_schedules_are_checked_alike(section):
+  for changes, field in [({"lr_schedule": "linear"}, "lr_schedule"),
+                         ({"lr_schedule": "cosine", "lr_final": 1.0}, "lr_final"),
+                         ({"warmup_steps": 10**9}, "warmup_steps")]:
+    config = config_lib.config_from_file("configs/synthetic.py", "smoke")
+    config[section].update(changes)
+    with pytest.raises(ConfigError) as error:
+      config_lib.validate(config)
+    assert error.value.field == f"{section}.{field}"

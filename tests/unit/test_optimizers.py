@@ -1,0 +1,50 @@
+"""Both trainers' optimizers follow `train.state.learning_rate_schedule`."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from ardiffusion_jax.train import state as state_lib
+from ardiffusion_jax.train import vae as train_vae
+
+
+def _train_config(**changes):
+  fields = dict(lr=1e-2, lr_schedule="cosine", lr_final=1e-4, warmup_steps=4, steps=20,
+                b1=0.9, b2=0.99, weight_decay=0.0, grad_clip=1e9, disc_lr=1e-3,
+                trainable="all")
+  fields.update(changes)
+  return ml_collections.ConfigDict(fields)
+
+
+def _step_sizes(tx, steps):
+  """|update| of one parameter under a constant gradient: Adam's normalised step, so
+  (after its first steps) the learning rate of that step."""
+  params = {"w": jnp.ones(())}
+  opt_state, sizes = tx.init(params), []
+  for _ in range(steps):
+    updates, opt_state = tx.update({"w": jnp.ones(())}, opt_state, params)
+    sizes.append(abs(float(updates["w"])))
+  return np.array(sizes)
+
+
+@pytest.mark.parametrize("trainer", ["dit", "vae"])
+def test_optimizer_warms_up_then_decays_along_the_schedule(trainer):
+  config = _train_config()
+  if trainer == "dit":
+    tx = state_lib.make_optimizer(config)
+  else:
+    tx, _ = train_vae.make_optimizers(config, {"w": jnp.ones(())})
+  sizes = _step_sizes(tx, config.steps)
+  schedule = state_lib.learning_rate_schedule(config)
+  expected = np.array([float(schedule(i)) for i in range(config.steps)])
+  assert sizes[0] == 0.0  # the warmup starts at zero
+  np.testing.assert_allclose(sizes, expected, rtol=1e-3, atol=1e-8)
+  assert sizes[config.warmup_steps] == pytest.approx(config.lr, rel=1e-3)
+  assert sizes[-1] < 0.05 * config.lr  # cosine decay towards lr_final
+
+
+def test_constant_schedule_keeps_the_learning_rate():
+  config = _train_config(lr_schedule="constant", warmup_steps=0)
+  tx, _ = train_vae.make_optimizers(config, {"w": jnp.ones(())})
+  np.testing.assert_allclose(_step_sizes(tx, 5), config.lr, rtol=1e-3)
