@@ -19,6 +19,7 @@ into the same grey or pink, which keeps positions and motion but fails both.
 """
 
 import numpy as np
+from scipy import ndimage
 
 from ardiffusion_jax.data.synthetic import BACKGROUND, PALETTE
 
@@ -35,27 +36,21 @@ def ball_mask(frame: np.ndarray, threshold: float = 60.0) -> np.ndarray:
 
 
 def connected_regions(mask: np.ndarray, frame=None):
-  """4-connected components of a boolean image: a list of (centroid (x, y), area,
-  median colour of `frame` over the region (None without a frame))."""
-  height, width = mask.shape
-  labels = np.where(mask, np.arange(mask.size).reshape(mask.shape), mask.size)
-  while True:  # propagate the smallest index through each region until stable
-    padded = np.pad(labels, 1, constant_values=mask.size)
-    neighbours = np.minimum.reduce([padded[1:-1, 1:-1], padded[:-2, 1:-1], padded[2:, 1:-1],
-                                    padded[1:-1, :-2], padded[1:-1, 2:]])
-    updated = np.where(mask, neighbours, mask.size)
-    if np.array_equal(updated, labels):
-      break
-    labels = updated
+  """4-connected components of a boolean image, in raster order of their first pixel: a
+  list of (centroid (x, y), area, median colour of `frame` over the region (None without
+  a frame)) for the regions of at least MIN_AREA pixels."""
+  labels, count = ndimage.label(mask)  # the default structure is 4-connectivity
+  if not count:
+    return []
+  index = np.arange(1, count + 1)
+  areas = ndimage.sum_labels(mask, labels, index).astype(int)
+  centres = ndimage.center_of_mass(mask, labels, index)  # (y, x) per region
   regions = []
-  ys, xs = np.mgrid[:height, :width]
-  for label in np.unique(labels[mask]):
-    inside = labels == label
-    area = int(inside.sum())
+  for label, area, (y, x) in zip(index, areas, centres):
     if area >= MIN_AREA:
-      colour = None if frame is None else np.median(frame[inside].astype(np.float32), axis=0)
-      regions.append(((float(xs[inside].mean()) + 0.5, float(ys[inside].mean()) + 0.5), area,
-                      colour))
+      colour = None if frame is None else np.median(frame[labels == label].astype(np.float32),
+                                                    axis=0)
+      regions.append(((float(x) + 0.5, float(y) + 0.5), int(area), colour))
   return regions
 
 

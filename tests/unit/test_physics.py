@@ -79,3 +79,20 @@ def test_per_window_statistics_follow_a_video_that_loses_its_ball():
   assert first == physics.summarize(videos[:, :8])
   with pytest.raises(ValueError, match="do not split into 5-frame windows"):
     physics.per_window(videos, 5)
+
+
+def test_connected_regions_are_4_connected_in_raster_order():
+  mask = np.zeros((12, 12), bool)
+  mask[1:4, 1:4] = True  # 9 pixels
+  mask[4:7, 4:7] = True  # touches the first only at a corner: a region of its own
+  mask[9:11, 2:9] = True  # 14 pixels
+  mask[0, 10] = True  # a speck under MIN_AREA
+  frame = np.zeros((12, 12, 3), np.uint8)
+  frame[mask] = (200, 10, 10)
+  frame[9:11, 2:9] = (10, 200, 10)
+  regions = physics.connected_regions(mask, frame)
+  assert [area for _, area, _ in regions] == [9, 9, 14]
+  centroids = [centroid for centroid, _, _ in regions]
+  np.testing.assert_allclose(centroids, [(2.5, 2.5), (5.5, 5.5), (5.5, 10.0)])
+  np.testing.assert_array_equal(regions[2][2], [10, 200, 10])
+  assert physics.connected_regions(np.zeros((5, 5), bool)) == []
