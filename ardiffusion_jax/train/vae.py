@@ -51,6 +51,15 @@ def trainable_mask(params, trainable: str):
   return jax.tree_util.tree_map_with_path(trains, params)
 
 
+def _learning_rate(train_config):
+  """The generator's rate: `state.learning_rate_schedule`, except that a constant rate
+  without warmup stays a float, so the optimizer state has no schedule count, as in the
+  runs saved before `vae_train` had a schedule, and those still resume."""
+  if train_config.lr_schedule == "constant" and not train_config.warmup_steps:
+    return train_config.lr
+  return state_lib.learning_rate_schedule(train_config)
+
+
 def make_optimizers(train_config, params_shape):
   """AdamW for the generator (clipped) and the discriminator (not clipped, as the
   authors do). Frozen generator leaves get zero gradients and no weight decay, so they
@@ -60,7 +69,7 @@ def make_optimizers(train_config, params_shape):
       lambda u, trains: u if trains else jnp.zeros_like(u), updates, mask))
   generator = optax.chain(
       freeze, optax.clip_by_global_norm(train_config.grad_clip),
-      optax.adamw(state_lib.learning_rate_schedule(train_config), b1=train_config.b1,
+      optax.adamw(_learning_rate(train_config), b1=train_config.b1,
                   b2=train_config.b2, weight_decay=train_config.weight_decay, mask=mask))
   disc = optax.adamw(train_config.disc_lr, b1=train_config.b1, b2=train_config.b2,
                      weight_decay=train_config.weight_decay)

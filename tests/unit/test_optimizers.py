@@ -1,8 +1,10 @@
 """Both trainers' optimizers follow `train.state.learning_rate_schedule`."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from ardiffusion_jax.train import state as state_lib
@@ -48,3 +50,13 @@ def test_constant_schedule_keeps_the_learning_rate():
   config = _train_config(lr_schedule="constant", warmup_steps=0)
   tx, _ = train_vae.make_optimizers(config, {"w": jnp.ones(())})
   np.testing.assert_allclose(_step_sizes(tx, 5), config.lr, rtol=1e-3)
+
+
+def test_a_constant_tokenizer_rate_keeps_the_optimizer_state_of_earlier_runs():
+  # Runs saved before vae_train had a schedule hold AdamW's state for a float rate.
+  params = {"w": jnp.ones(())}
+  config = _train_config(lr_schedule="constant", warmup_steps=0)
+  tx, _ = train_vae.make_optimizers(config, params)
+  earlier = optax.chain(optax.identity(), optax.clip_by_global_norm(config.grad_clip),
+                        optax.adamw(config.lr, b1=config.b1, b2=config.b2, mask={"w": True}))
+  assert (jax.tree.structure(tx.init(params)) == jax.tree.structure(earlier.init(params)))
