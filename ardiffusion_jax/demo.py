@@ -106,7 +106,7 @@ def vae_stage(config, workdir: pathlib.Path) -> dict:
         f"held-out clips' mean frame ({clips['mean_image_psnr_db']:.2f} dB): it has not left the "
         "mean image, so its latents carry almost nothing for the DiT to learn. Trained from "
         "scratch, the tiny tokenizer stays there for a number of steps that depends on the "
-        "seed; train it longer (--set vae_train.steps=...) or with another --set seed=...")
+        "seed; train it longer (vae_train.steps) or with another seed (seed)")
     print(f"warning: {summary['warning']}", flush=True)
   return summary
 
