@@ -9,6 +9,7 @@ from ardiffusion_jax.errors import (ArgumentError, CheckpointError, ConfigError,
 DEFAULT_CONFIG = "configs/synthetic.py:default"
 # The library's argument names (ArgumentError.argument) -> the flags that set them.
 FLAGS = {"cfg_scale": "--cfg", "input": "--input", "label": "--label",
+         "label_schedule": "--label-schedule",
          "metrics": "--metrics", "num": "--num", "overrides": "--set",
          "s_values": "--s", "sampling_steps": "--steps", "vae_ckpt": "--vae-ckpt"}
 
@@ -222,6 +223,38 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--fps", type=int, default=8)
   sample.add_argument("--out", required=True, help="output folder")
 
+  stream = commands.add_parser(
+      "stream", help="generate one video frame by frame, as each frame is final",
+      description="Stream one video from a trained DiT with the cached AD sampler: each frame "
+                  "is decoded and appended to --out (a fragmented mp4 a player can show while "
+                  "it grows) as soon as it is final. Without --frames or --seconds it runs "
+                  "until Ctrl-C, in constant memory; Ctrl-C leaves a valid mp4 of the frames "
+                  "so far. A progress line shows frames/s and the time to the first frame.")
+  stream.add_argument("--ckpt", required=True, help="the DiT run folder (or its checkpoints)")
+  stream.add_argument("--vae-ckpt", help="the AR-VAE run that decodes the latents (default: "
+                                         "the one named by the DiT's latents_info.json)")
+  stream.add_argument("--s", type=int, required=True,
+                      help="timestep difference, 1..S (0 yields the whole video at once)")
+  length = stream.add_mutually_exclusive_group()
+  length.add_argument("--frames", type=int, help="stop after this many frames (context included)")
+  length.add_argument("--seconds", type=float, help="stop after this many seconds of video")
+  labels = stream.add_mutually_exclusive_group()
+  labels.add_argument("--label", type=int, help="class label (class-conditional models)")
+  labels.add_argument("--label-schedule", help="classes by frame, e.g. '0:1,64:3': class 1 "
+                                               "from frame 0, class 3 from frame 64")
+  stream.add_argument("--cfg", type=float, default=1.0, help="guidance scale (default 1: off)")
+  stream.add_argument("--context", help="continue this video (mp4/avi, encoded by the VAE) "
+                                        "or latents.npz")
+  stream.add_argument("--context-frames", type=int,
+                      help="frames of --context to keep (default: as many as the model's window "
+                           "allows)")
+  stream.add_argument("--steps", type=int, help="DDIM steps S (default: the checkpoint config's)")
+  stream.add_argument("--eta", type=float, help="DDIM eta (default: the config's)")
+  stream.add_argument("--seed", type=int, default=0)
+  stream.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+  stream.add_argument("--fps", type=int, default=8)
+  stream.add_argument("--out", required=True, help="the mp4 to write")
+
   evaluate = commands.add_parser(
       "eval", help="score samples at several s: FVD16, FVD128, physics",
       description="Sample --num videos at each s, decode them and score them against as many "
@@ -362,6 +395,8 @@ def main(argv=None) -> int:
       return _sample(args)
     if args.command == "eval":
       return _eval(args)
+    if args.command == "stream":
+      return _stream(args)
     if args.command == "build-tfds":
       from ardiffusion_jax import config as config_lib
       from ardiffusion_jax.data import tfds_video
@@ -377,6 +412,57 @@ def main(argv=None) -> int:
   except (ConfigError, DataError, CheckpointError, TrainingDiverged, WorkdirLocked) as error:
     print(f"ardiff {args.command}: error: {error}", file=sys.stderr)
     return 1
+
+
+def _stream(args) -> int:
+  import time
+  from ardiffusion_jax import generate
+  from ardiffusion_jax.data import video as video_lib
+  if args.frames is not None and args.frames < 1:
+    raise ArgumentError("--frames", f"must be >= 1, got {args.frames}")
+  if args.seconds is not None and not args.seconds > 0:
+    raise ArgumentError("--seconds", f"must be > 0, got {args.seconds}")
+  if args.fps < 1:
+    raise ArgumentError("--fps", f"must be >= 1, got {args.fps}")
+  frames = args.frames if args.seconds is None else max(1, round(args.seconds * args.fps))
+  label = args.label
+  if args.label_schedule is not None:
+    label = generate.parse_label_schedule(args.label_schedule)
+  generator = generate.Generator.from_checkpoint(
+      args.ckpt, vae_ckpt=args.vae_ckpt, use_ema=not args.no_ema, sampling_steps=args.steps)
+  if generator.vae is None:
+    raise CheckpointError("no AR-VAE is known for this DiT, so the frames cannot be decoded: "
+                          "pass --vae-ckpt RUN")
+  context = None
+  if args.context:
+    if frames is not None and frames < 2:
+      raise ArgumentError("--frames", "must leave at least one frame after the context")
+    keep = args.context_frames or generator.model.num_frames - 1
+    if frames is not None:
+      keep = min(keep, frames - 1)
+    context = generator.context_from_file(args.context, keep)
+    if args.context_frames and len(context) < args.context_frames:
+      raise ArgumentError("--context-frames", f"{args.context} has only {len(context)} frames")
+  frames_of = "" if frames is None else f"/{frames}"
+  started = time.perf_counter()
+  first = None
+  with video_lib.VideoWriter(args.out, args.fps, progressive=True) as writer:
+    try:
+      for frame in generator.stream(args.s, label=label, cfg=args.cfg, context=context,
+                                    max_frames=frames, seed=args.seed, eta=args.eta):
+        writer.write(frame.pixels)
+        now = time.perf_counter()
+        if first is None:
+          first = now - started
+        rate = (writer.frames - 1) / (now - started - first) if writer.frames > 1 else 0.0
+        print(f"\rardiff stream: frame {writer.frames}{frames_of}  {rate:.1f} frames/s  "
+              f"first frame after {first:.1f} s", end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+      print(f"\nardiff stream: stopped; {args.out} holds the {writer.frames} frames so far",
+            file=sys.stderr)
+      return 130
+  print(f"\nardiff stream: wrote {writer.frames} frames to {args.out}", file=sys.stderr)
+  return 0
 
 
 def _sample(args) -> int:

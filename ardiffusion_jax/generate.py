@@ -8,7 +8,8 @@ import hashlib
 import json
 import pathlib
 import time
-from typing import Any, Optional
+import warnings
+from typing import Any, Iterator, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,35 @@ def _check_same_encoder(vae_ckpt, vae_params, info: dict):
         f"the samples; pass that run (or its stage-3 finetune) as --vae-ckpt")
 
 
+class StreamFrame(NamedTuple):
+  """One final frame of `Generator.stream`."""
+  index: int  # absolute: context frames come first
+  latent: np.ndarray  # [L, C], the sampler's unit-norm tokens
+  pixels: Optional[np.ndarray]  # [H, W, 3] uint8, None without decoding
+
+
+def _to_uint8(pixels) -> np.ndarray:
+  return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+
+
+LabelSchedule = Union[None, int, Mapping[int, int]]
+
+
+def parse_label_schedule(text: str) -> dict:
+  """'0:1,64:3' -> {0: 1, 64: 3}: from frame 0 class 1, from frame 64 class 3."""
+  schedule = {}
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    frame, sep, label = part.partition(":")
+    try:
+      if not sep:
+        raise ValueError
+      schedule[int(frame)] = int(label)
+    except ValueError:
+      raise ArgumentError("label_schedule", f"expected FRAME:CLASS pairs such as '0:1,64:3', "
+                                            f"got {part!r}") from None
+  return schedule
+
+
 @dataclasses.dataclass
 class Generator:
   """A trained DiT (EMA weights by default) and, when known, the AR-VAE that decodes it."""
@@ -65,6 +95,8 @@ class Generator:
   vae: Optional[ar_vae.ARVAE] = None
   vae_params: Any = None
   resolution: Optional[int] = None
+  # Frames the temporally causal decoder sees when it streams: its training clip length.
+  vae_window: int = 1
 
   @classmethod
   def from_checkpoint(cls, ckpt, vae_ckpt=None, use_ema: bool = True, sampling_steps=None):
@@ -88,6 +120,8 @@ class Generator:
       generator.vae, generator.vae_params = vae.model(), vae.variables["params"]
       _check_same_encoder(vae_ckpt, generator.vae_params, info)
       generator.resolution = vae.config.vae.image_size
+      if generator.vae.temporal_causal:
+        generator.vae_window = int(vae.config.vae_train.clip_frames)
     return generator
 
   @property
@@ -144,6 +178,106 @@ class Generator:
               "sample_seconds": run_seconds, "seconds_per_video": run_seconds / num}
     return np.concatenate(outputs), timing
 
+  def stream(self, s: int, label: LabelSchedule = None, cfg: float = 1.0, context=None,
+             max_frames: Optional[int] = None, *, seed: int = 0, eta=None,
+             decode: bool = True) -> Iterator[StreamFrame]:
+    """Yields each frame of one video as soon as it is final, as a `StreamFrame`.
+
+    The cached AD sampler runs in chunks, one per finished frame (`sampling.make_stream`):
+    one host round trip and one decode per frame, two compilations for any length, and
+    device memory that does not grow with the number of frames. With `max_frames` the
+    video is bit-identical to `sample_latents(1, max_frames, s, seed=seed, ...)`; without
+    it the stream runs until the caller stops. At s = 0 every frame finishes at the last
+    row, so the whole window comes at once (and a warning says so).
+
+    `label`: a class, or a schedule {frame: class} (from that frame on, until the next
+    key; earlier frames get the unconditional label). A switch at frame k leaves every
+    frame before k as it would be without it. `context`: unit-norm latents [c, L, C]
+    (`encode` / `context_from_file` make them); they are yielded first, unchanged.
+    Pixels come from the AR-VAE: frame f is decoded from latents <= f only, from the
+    last `vae_window` of them (1 for a per-frame decoder).
+    """
+    if decode:
+      self._require_vae()
+    label_of = self._label_schedule(label)
+    context_frames = 0 if context is None else int(np.shape(context)[0])
+    try:
+      stream = sampling.make_stream(
+          self.model, self.grid, s=s, context_frames=context_frames, max_frames=max_frames,
+          cfg_scale=cfg, eta=self.config.diffusion.eta if eta is None else eta)
+    except ValueError as error:  # a setting that cannot stream, with the constraint named
+      raise ArgumentError("stream", str(error)) from error
+    if s == 0:
+      warnings.warn("s = 0 is synchronous: every frame finishes in the last row, so the "
+                    "stream yields the whole window at once", stacklevel=2)
+    per_frame = isinstance(label, Mapping)
+    labels = lambda frames: np.asarray([[label_of(f) for f in frames]], np.int32)
+    window = stream.window
+    start = jax.jit(stream.start, static_argnums=2)
+    advance = jax.jit(stream.advance)
+    key = jax.random.fold_in(jax.random.key(seed), 0)  # sample_latents' first batch
+    if per_frame:
+      buffer_label = labels(range(context_frames - 1, context_frames + window))
+      context_label = labels(range(context_frames))
+    else:
+      buffer_label = context_label = labels([0])[:, 0]
+    context_array = None
+    if context is not None:
+      context_array = jnp.asarray(np.asarray(context, np.float32)[None])
+    state = start(self.variables, key, 1, jnp.asarray(buffer_label), context_array,
+                  None if context is None else jnp.asarray(context_label))
+    decoder = self._frame_decoder() if decode else None
+    for f in range(context_frames):
+      latent = np.asarray(context_array[0, f])
+      yield StreamFrame(f, latent, decoder(latent) if decoder else None)
+    chunk = 0
+    while stream.num_chunks is None or chunk < stream.num_chunks:
+      rows, base = stream.rows(chunk), stream.base(chunk)
+      entering = labels([base + window])[:, 0] if per_frame else None
+      state = advance(self.variables, state, rows, np.int32(base),
+                      None if entering is None else jnp.asarray(entering))
+      buffer = np.asarray(state.x)
+      for f in stream.finished(chunk):
+        latent = buffer[0, f - base]
+        yield StreamFrame(f, latent, decoder(latent) if decoder else None)
+      chunk += 1
+
+  def _label_schedule(self, label):
+    """frame -> class for `stream`, validated against the model."""
+    if not isinstance(label, Mapping):
+      constant = self.model.default_label if label is None else int(self._labels(label, 1)[0])
+      return lambda frame: constant
+    if not label:
+      raise ArgumentError("label_schedule", "the schedule is empty")
+    if min(label) < 0:
+      raise ArgumentError("label_schedule", f"frames must be >= 0, got {sorted(label)}")
+    if self.model.context_tokens and len(set(label.values())) > 1:
+      raise ArgumentError("label_schedule", "this DiT conditions through context tokens, one "
+                                            "label per video, so it cannot switch class")
+    self._labels(np.asarray(list(label.values())), len(label))
+    keys = sorted(label)
+    null = self.model.default_label
+    return lambda frame: next((label[k] for k in reversed(keys) if k <= frame), null)
+
+  def _frame_decoder(self):
+    """latent [L, C] of the next frame -> its uint8 pixels [H, W, 3] (`_decode_frame`
+    over the latents seen so far)."""
+    _, decode_frame, _ = self._vae_fns
+    history = np.zeros((self.vae_window, self.model.tokens_per_frame, self.model.in_channels),
+                       np.float32)
+    seen = 0
+
+    def decode_next(latent):
+      nonlocal seen
+      position = min(seen, self.vae_window - 1)
+      if seen >= self.vae_window:
+        history[:-1] = history[1:]
+      history[position] = latent
+      seen += 1
+      return _to_uint8(np.asarray(decode_frame(jnp.asarray(history), position)))
+
+    return decode_next
+
   def _labels(self, label, num):
     if label is None:
       return None
@@ -162,25 +296,63 @@ class Generator:
 
   @functools.cached_property
   def _vae_fns(self):
-    """(decode, encode), jitted once per Generator: callers decode batch after batch and
-    encode clip after clip, and a fresh jit each call would compile each time."""
+    """(decode_clips, decode_frame, encode), jitted once per Generator: callers decode
+    batch after batch and encode clip after clip, and a fresh jit each call would compile
+    each time.
+
+    decode_frame(window [K, L, C], position) decodes the frame at `position` of a window
+    of K = `vae_window` latents (the frames after it are padding: a causal decoder's
+    output ignores them). `stream` calls it frame by frame and `decode` maps it over the
+    frames, so both give the same pixels bit for bit; a batched decoder call would round
+    differently. decode_clips([N, F, L, C]) is the temporally causal decoder over whole
+    clips, which `decode` uses within its first window.
+    """
     self._require_vae()
     variables = {"params": self.vae_params}
-    decode = jax.jit(lambda z: self.vae.apply(variables, z, method=ar_vae.ARVAE.decode))
+    decode_clips = lambda z: self.vae.apply(variables, z, method=ar_vae.ARVAE.decode)
+    decode_frame = lambda window, position: jax.lax.dynamic_index_in_dim(
+        decode_clips(window[None])[0], position, keepdims=False)
     encode = jax.jit(lambda video: self.vae.apply(variables, video,
                                                   method=ar_vae.ARVAE.encode)[0])
-    return decode, encode
+    return jax.jit(decode_clips), jax.jit(decode_frame), encode
+
+  @functools.cached_property
+  def _decode_windows(self):
+    """windows [n, K, L, C] -> the last frame of each, [n, H, W, 3], one frame at a time."""
+    _, decode_frame, _ = self._vae_fns
+    last = self.vae_window - 1
+    return jax.jit(lambda windows: jax.lax.map(lambda w: decode_frame(w, last), windows))
 
   def decode(self, latents, batch_size: int = 4) -> np.ndarray:
-    """Latents [N, F, L, C] -> uint8 videos [N, F, H, W, 3] (the decoder normalises tokens)."""
-    decode, _ = self._vae_fns
-    videos = [np.asarray(decode(jnp.asarray(latents[i:i + batch_size])))
-              for i in range(0, len(latents), batch_size)]
-    return np.round(np.clip(np.concatenate(videos), 0, 1) * 255).astype(np.uint8)
+    """Latents [N, F, L, C] -> uint8 videos [N, F, H, W, 3] (the decoder normalises tokens).
+
+    Frame f comes from latents <= f, as `stream` decodes it: a per-frame decoder frame by
+    frame (the same pixels as the stream, bit for bit); a temporally causal one over the
+    whole clip within its first `vae_window` frames, and from the last `vae_window`
+    latents after that (the clip length it was trained on).
+    """
+    decode_clips, _, _ = self._vae_fns
+    latents = np.asarray(latents, np.float32)
+    num, frames = latents.shape[:2]
+    window = self.vae_window
+    videos = []
+    for first in range(0, num, batch_size):
+      chunk = latents[first:first + batch_size]
+      parts = []
+      if window > 1:
+        parts.append(np.asarray(decode_clips(jnp.asarray(chunk[:, :window]))))
+      if frames > window - 1 and (window == 1 or frames > window):
+        begin = 0 if window == 1 else window
+        windows = np.stack([chunk[:, f - window + 1:f + 1] for f in range(begin, frames)], 1)
+        flat = windows.reshape((-1,) + windows.shape[2:])
+        pixels = np.asarray(self._decode_windows(jnp.asarray(flat)))
+        parts.append(pixels.reshape((len(chunk), frames - begin) + pixels.shape[1:]))
+      videos.append(np.concatenate(parts, axis=1))
+    return _to_uint8(np.concatenate(videos))
 
   def encode(self, video) -> np.ndarray:
     """uint8 video [F, H, W, 3] at the VAE's resolution -> unit-norm latents [F, L, C]."""
-    _, encode = self._vae_fns
+    _, _, encode = self._vae_fns
     mean = encode(jnp.asarray(video, jnp.float32)[None] / 255.0)
     return np.asarray(sampling.normalize_context(mean[0]))
 

@@ -31,7 +31,7 @@ come out bit-identical.
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -159,17 +159,28 @@ def make_plan(model, grid: diffusion.DDIMGrid, num_frames: int, s: int,
               attention_window=attention_window)
 
 
-def _denoiser(model, variables, label, cfg_scale: float, attention_window):
+def frame_noise(key, batch: int, first, count: int, shape) -> jax.Array:
+  """Standard normals [batch, count, *shape] for frames first..first+count-1, frame f
+  drawn from `fold_in(key, f)`. A frame's noise does not depend on how many frames are
+  drawn with it, so a stream that draws each frame as it enters the window gets the noise
+  `sample` draws for the whole video. `first` may be traced; frames below 0 (a stream's
+  unused slot before frame 0) draw frame 0's."""
+  frames = jnp.maximum(first + jnp.arange(count, dtype=jnp.int32), 0)
+  draw = jax.vmap(lambda f: layers.normal(jax.random.fold_in(key, f), (batch,) + tuple(shape)))
+  return jnp.moveaxis(draw(frames), 0, 1)
+
+
+def _denoiser(model, variables, cfg_scale: float, attention_window):
   """x0 prediction for a window, with classifier-free guidance as one doubled batch
-  [unconditional; conditional] (and one cache for each half)."""
+  [unconditional; conditional] (and one cache for each half). `label` is [B] (one per
+  video) or [B, F] (one per frame of the window)."""
   guided = cfg_scale != 1.0
 
-  def predict(x, t, first_frame, cache):
-    labels = label
+  def predict(x, t, label, first_frame, cache):
     if guided:
       x, t = jnp.concatenate([x, x]), jnp.concatenate([t, t])
-      labels = jnp.concatenate([jnp.full_like(label, model.null_label), label])
-    out = model.apply(variables, x, t, labels, first_frame=first_frame, cache=cache,
+      label = jnp.concatenate([jnp.full_like(label, model.null_label), label])
+    out = model.apply(variables, x, t, label, first_frame=first_frame, cache=cache,
                       attention_window=attention_window)
     prediction, kv = out if cache is not None else (out, None)
     if guided:
@@ -216,6 +227,117 @@ def check_guidance(model, cfg_scale: float):
                      "would be the same; use cfg 1, or train with dit.num_classes > 0")
 
 
+class Rows(NamedTuple):
+  """Plan rows as a scan consumes them, each [n, ...]: the absolute row index, then the
+  `Plan` fields of those rows."""
+  row: np.ndarray
+  start: np.ndarray
+  first_frame: np.ndarray
+  timesteps: np.ndarray
+  alphas: np.ndarray
+  alphas_prev: np.ndarray
+  update: np.ndarray
+  commit: np.ndarray
+
+
+def plan_rows(plan: Plan, begin: int, end: int, shift: int = 0) -> Rows:
+  """Rows begin..end-1 of `plan`, their window `shift` frames later (an unbounded stream's
+  steady chunks repeat one another, a frame on each time)."""
+  moved = lambda a: a[begin:end] + shift
+  return Rows(np.arange(begin, end, dtype=np.int32), moved(plan.window_start),
+              moved(plan.first_frame), plan.timesteps[begin:end], plan.alphas[begin:end],
+              plan.alphas_prev[begin:end], plan.update_mask[begin:end],
+              np.where(plan.commit_frame[begin:end] >= 0, moved(plan.commit_frame), -1))
+
+
+def _label_slice(label, first, count: int):
+  """Labels of store frames first..first+count-1: per-video labels [B] as they are,
+  per-frame ones [B, n] sliced."""
+  return label if label.ndim == 1 else jax.lax.dynamic_slice_in_dim(label, first, count, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Steps:
+  """The AD sampler's work on a latent store, shared by `make_sampler` (one scan over the
+  whole video) and `make_stream` (one scan per finished frame over a short buffer), so
+  both compute the same numbers. A store x [B, n, L, C] holds frames base..base+n-1 and
+  its labels are [B] or [B, n]."""
+  model: Any
+  grid: diffusion.DDIMGrid
+  plan: Plan
+  cfg_scale: float
+  eta: float
+  progress: Optional[Callable[[int], None]]
+
+  def predictor(self, variables):
+    return _denoiser(*dit.unrolled(self.model, variables), self.cfg_scale,
+                     self.plan.attention_window)
+
+  def empty_cache(self, batch_size: int) -> Optional[KVCache]:
+    if not self.plan.cache_slots:
+      return None
+    guided = self.cfg_scale != 1.0
+    return _empty_cache(self.model, batch_size * (2 if guided else 1), self.plan.cache_slots,
+                        self.model.dtype)
+
+  def frame_kv(self, predict, cache, x, base, label, first, count: int):
+    """Keys and values of frames [first, first+count), finished (at the context timestep)."""
+    window = jax.lax.dynamic_slice_in_dim(x, first - base, count, axis=1)
+    t = jnp.full((x.shape[0], count), self.grid.context_timestep, jnp.int32)
+    return predict(window, t, _label_slice(label, first - base, count), first, cache)[1]
+
+  def prefill(self, predict, cache, x, label, count: int) -> KVCache:
+    """Writes frames 0..count-1 (the context; the store starts at frame 0) in chunks that
+    never wrap the ring."""
+    tokens, slots = self.model.tokens_per_frame, self.plan.cache_slots
+    for first in range(0, count, slots):
+      n = min(slots, count - first)
+      cache = _write(cache, self.frame_kv(predict, cache, x, 0, label, first, n), first,
+                     first + jnp.arange(n, dtype=jnp.int32), tokens)
+    return cache
+
+  def run(self, predict, key_noise, x, base, label, cache, rows: Rows):
+    """Runs `rows` over the store; returns (x, cache)."""
+    tokens, window_size = self.model.tokens_per_frame, self.plan.window
+    batch_size = x.shape[0]
+    per_frame = lambda a: a[None, :, None, None]
+
+    def row(carry, inputs):
+      x, cache = carry
+      r, start, first_frame, t, alpha, alpha_prev, update, commit = inputs
+      if cache is not None:
+        # Rows without a commit write their slot's own contents back: the cond only reads
+        # the cache, so the write stays in place (a cond returning the cache copies it).
+        frame = jnp.maximum(commit, 0)
+        kv, ids = jax.lax.cond(
+            commit >= 0, lambda: (self.frame_kv(predict, cache, x, base, label, frame, 1),
+                                  frame[None]),
+            lambda: _read(cache, frame, tokens))
+        cache = _write(cache, kv, frame, ids, tokens)
+      window = jax.lax.dynamic_slice_in_dim(x, start - base, window_size, axis=1)
+      t = jnp.broadcast_to(t, (batch_size, window_size))
+      x0, _ = predict(window, t, _label_slice(label, start - base, window_size), first_frame,
+                      cache)
+      noise = None
+      if self.eta > 0:
+        noise = frame_noise(jax.random.fold_in(key_noise, r), batch_size, start, window_size,
+                            x.shape[2:])
+      moved = diffusion.ddim_update(window, x0, per_frame(alpha), per_frame(alpha_prev),
+                                    self.eta, noise)
+      window = jnp.where(per_frame(update), moved, window)
+      if self.progress is not None:
+        jax.debug.callback(self.progress, r)
+      return (jax.lax.dynamic_update_slice_in_dim(x, window, start - base, axis=1), cache), None
+
+    (x, cache), _ = jax.lax.scan(row, (x, cache), tuple(jnp.asarray(a) for a in rows))
+    return x, cache
+
+
+def _check_eta(eta: float):
+  if not eta >= 0:
+    raise ValueError(f"eta must be >= 0, got {eta}")
+
+
 def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
                  context_frames: int = 0, mode: str = "cached", cfg_scale: float = 1.0,
                  eta: float = 0.0, progress: Optional[Callable[[int], None]] = None):
@@ -229,11 +351,10 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
   (e.g. a tqdm update); leave it None inside benchmarks.
   """
   check_guidance(model, cfg_scale)
-  if eta < 0:
-    raise ValueError(f"eta must be >= 0, got {eta}")
+  _check_eta(eta)
   plan = make_plan(model, grid, num_frames, s, context_frames, mode)
-  tokens, channels = model.tokens_per_frame, model.in_channels
-  context_timestep = grid.context_timestep
+  steps = _Steps(model, grid, plan, cfg_scale, eta, progress)
+  frame_shape = (model.tokens_per_frame, model.in_channels)
 
   def sample(variables, key, batch_size: int, context=None, label=None):
     if (context is None) != (context_frames == 0):
@@ -241,60 +362,162 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
                        f"{'missing' if context is None else 'given'}")
     if label is None:
       label = jnp.full((batch_size,), model.default_label, jnp.int32)
-    predict = _denoiser(*dit.unrolled(model, variables), label, cfg_scale,
-                        plan.attention_window)
-    cache_batch = batch_size * (2 if cfg_scale != 1.0 else 1)
+    predict = steps.predictor(variables)
     key_init, key_noise = jax.random.split(key)
-    x = layers.normal(key_init, (batch_size, num_frames, tokens, channels), jnp.float32)
+    x = frame_noise(key_init, batch_size, 0, num_frames, frame_shape)
     if context_frames:
       x = x.at[:, :context_frames].set(context.astype(jnp.float32))
-
-    def frame_kv(cache, x, first, count):
-      """Keys and values of frames [first, first+count), finished (at the context timestep)."""
-      window = jax.lax.dynamic_slice_in_dim(x, first, count, axis=1)
-      t = jnp.full((batch_size, count), context_timestep, jnp.int32)
-      return predict(window, t, first, cache)[1]
-
-    cache = None
-    if plan.cache_slots:
-      cache = _empty_cache(model, cache_batch, plan.cache_slots, model.dtype)
-      # Prefill the context in chunks that never wrap the ring.
-      for first in range(0, context_frames, plan.cache_slots):
-        count = min(plan.cache_slots, context_frames - first)
-        cache = _write(cache, frame_kv(cache, x, first, count), first,
-                       first + jnp.arange(count, dtype=jnp.int32), tokens)
-
-    def row(carry, inputs):
-      x, cache = carry
-      r, start, first_frame, t, alpha, alpha_prev, update, commit = inputs
-      if cache is not None:
-        # Rows without a commit write their slot's own contents back: the cond only reads
-        # the cache, so the write stays in place (a cond returning the cache copies it).
-        frame = jnp.maximum(commit, 0)
-        kv, ids = jax.lax.cond(commit >= 0, lambda: (frame_kv(cache, x, frame, 1), frame[None]),
-                               lambda: _read(cache, frame, tokens))
-        cache = _write(cache, kv, frame, ids, tokens)
-      window = jax.lax.dynamic_slice_in_dim(x, start, plan.window, axis=1)
-      t = jnp.broadcast_to(t, (batch_size, plan.window))
-      x0, _ = predict(window, t, first_frame, cache)
-      per_frame = lambda a: a[None, :, None, None]
-      noise = None
-      if eta > 0:
-        noise = layers.normal(jax.random.fold_in(key_noise, r), x.shape, x.dtype)
-        noise = jax.lax.dynamic_slice_in_dim(noise, start, plan.window, axis=1)
-      moved = diffusion.ddim_update(window, x0, per_frame(alpha), per_frame(alpha_prev), eta,
-                                    noise)
-      window = jnp.where(per_frame(update), moved, window)
-      if progress is not None:
-        jax.debug.callback(progress, r)
-      return (jax.lax.dynamic_update_slice_in_dim(x, window, start, axis=1), cache), None
-
-    xs = (jnp.arange(plan.rows), plan.window_start, plan.first_frame, plan.timesteps,
-          plan.alphas, plan.alphas_prev, plan.update_mask, plan.commit_frame)
-    (x, _), _ = jax.lax.scan(row, (x, cache), xs)
+    cache = steps.empty_cache(batch_size)
+    if cache is not None:
+      cache = steps.prefill(predict, cache, x, label, context_frames)
+    x, _ = steps.run(predict, key_noise, x, 0, label, cache, plan_rows(plan, 0, plan.rows))
     return x
 
   return plan, sample
+
+
+class StreamState(NamedTuple):
+  """What a stream carries between chunks, all on the device and all of a fixed size:
+  the buffer of latents (frames base..base+window, the window and the frame before it),
+  their labels, the ring KV cache and the keys."""
+  x: jax.Array  # [B, window + 1, L, C]
+  label: jax.Array  # [B, window + 1], or [B] for a per-video label
+  cache: Optional[KVCache]
+  base: jax.Array  # int32: the absolute frame of x[:, 0]
+  key_init: jax.Array
+  key_noise: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+  """The AD sampler cut at the rows where frames finish (`make_stream`).
+
+  Chunk 0 runs rows 0..S-1, after which frame c (the first generated one) is final; chunk
+  j >= 1 runs the s rows after which frame c + j is final. At s = 0 there is one chunk,
+  after which every frame is. `start` and `advance` are pure and jittable; `rows(j)`,
+  `base(j)` and `finished(j)` are the host's bookkeeping.
+  """
+  plan: Plan  # finite: the whole video's plan; unbounded: a template whose chunk 1 repeats
+  max_frames: Optional[int]
+  context_frames: int
+  s: int
+  steps: _Steps
+
+  @property
+  def window(self) -> int:
+    return self.plan.window
+
+  @property
+  def num_chunks(self) -> Optional[int]:
+    """None for an unbounded stream."""
+    if self.max_frames is None:
+      return None
+    return 1 if self.s == 0 else self.max_frames - self.context_frames
+
+  def _row_range(self, j: int):
+    num_steps = self.steps.grid.num_steps
+    return (0, num_steps) if j == 0 else (num_steps + (j - 1) * self.s, num_steps + j * self.s)
+
+  def rows(self, j: int) -> Rows:
+    """The plan rows of chunk j (numpy)."""
+    if self.max_frames is not None or j <= 1:
+      return plan_rows(self.plan, *self._row_range(j))
+    begin, end = self._row_range(1)
+    rows = plan_rows(self.plan, begin, end, shift=j - 1)
+    return rows._replace(row=rows.row + (j - 1) * self.s)
+
+  def base(self, j: int) -> int:
+    """The absolute frame of the buffer's first slot during chunk j."""
+    return int(self.rows(j).start[0]) - 1
+
+  def finished(self, j: int) -> range:
+    """The frames that are final after chunk j."""
+    if self.s == 0:
+      return range(self.context_frames, self.max_frames)
+    return range(self.context_frames + j, self.context_frames + j + 1)
+
+  def start(self, variables, key, batch_size: int, label, context=None,
+            context_label=None) -> StreamState:
+    """The state before chunk 0. `label`: [B] per video, or [B, window + 1] per frame for
+    the buffer's frames c-1..c+window-1; `context` [B, c, L, C] with `context_label` [B]
+    or [B, c]."""
+    c, model = self.context_frames, self.steps.model
+    if (context is None) != (c == 0):
+      raise ValueError(f"the stream has {c} context frames but context is "
+                       f"{'missing' if context is None else 'given'}")
+    key_init, key_noise = jax.random.split(key)
+    frame_shape = (model.tokens_per_frame, model.in_channels)
+    x = frame_noise(key_init, batch_size, c - 1, self.window + 1, frame_shape)
+    cache = self.steps.empty_cache(batch_size)
+    if c:
+      context = context.astype(jnp.float32)
+      x = x.at[:, 0].set(context[:, -1])
+      cache = self.steps.prefill(self.steps.predictor(variables), cache, context,
+                                 context_label, c)
+    return StreamState(x, label, cache, jnp.int32(c - 1), key_init, key_noise)
+
+  def advance(self, variables, state: StreamState, rows: Rows, base, entering_label=None):
+    """Runs one chunk: first moves the buffer to `base` (by at most one frame: the frame
+    base + window enters as noise, with `entering_label` [B] if labels are per frame),
+    then the rows. Returns the new state; the finished frames are `state.x[:, f - base]`."""
+    x, label = state.x, state.label
+    moved = base - state.base
+    entering = frame_noise(state.key_init, x.shape[0], base + self.window, 1, x.shape[2:])
+    x = jnp.where(moved > 0, jnp.concatenate([x[:, 1:], entering], axis=1), x)
+    if label.ndim == 2:
+      label = jnp.where(moved > 0, jnp.concatenate([label[:, 1:], entering_label[:, None]],
+                                                   axis=1), label)
+    predict = self.steps.predictor(variables)
+    x, cache = self.steps.run(predict, state.key_noise, x, base, label, state.cache, rows)
+    return StreamState(x, label, cache, jnp.asarray(base, jnp.int32), state.key_init,
+                       state.key_noise)
+
+
+def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int = 0,
+                max_frames: Optional[int] = None, cfg_scale: float = 1.0,
+                eta: float = 0.0) -> Stream:
+  """The cached AD sampler as a stream of chunks, one per finished frame (see `Stream`).
+
+  With `max_frames` the chunks follow `make_sampler`'s plan for that many frames, so the
+  frames are bit-identical to `sample`'s on the same key. Without it the stream is
+  unbounded: past the first chunk every chunk is the one before moved a frame on, and the
+  ring cache keeps memory constant. Raises ValueError for what cannot stream.
+  """
+  check_guidance(model, cfg_scale)
+  _check_eta(eta)
+  num_steps = grid.num_steps
+  if not 0 <= s <= num_steps:
+    raise ValueError(f"streaming needs 1 <= s <= S = {num_steps} (s = 0 yields the whole "
+                     f"window at once), got s = {s}")
+  if not model.strictly_causal:
+    raise ValueError("streaming needs a strictly causal DiT, but this one's context tokens see "
+                     "every frame (the official variant's leak): a finished frame would still "
+                     "change as later ones are denoised; set dit.context_sees_video=False "
+                     "and retrain, or use `sample` in full mode")
+  if max_frames is None:
+    if s == 0:
+      raise ValueError("s = 0 denoises every frame together, so nothing is final before the "
+                       "end: give max_frames (the stream then yields the whole window at once)")
+    if model.position == "sincos_1d":
+      raise ValueError(f"an unbounded stream needs temporal RoPE (the clean variant): the "
+                       f"official sin-cos table covers {model.num_frames} frames; give "
+                       f"max_frames <= {model.num_frames}")
+    # A template long enough that its chunk 1 is not yet clamped at the video's end and
+    # its ring is the model's full window; later chunks repeat chunk 1 a frame on.
+    window = math.ceil(num_steps / s)
+    template = max(context_frames + window + 2, model.num_frames)
+    plan = make_plan(model, grid, template, s, context_frames, "cached")
+  else:
+    if max_frames <= context_frames:
+      raise ValueError(f"max_frames ({max_frames}) must exceed the {context_frames} context "
+                       f"frames")
+    plan = make_plan(model, grid, max_frames, s, context_frames, "cached")
+  if plan.cache_slots and context_frames > plan.cache_slots:
+    raise ValueError(f"a context of {context_frames} frames is longer than the stream's ring "
+                     f"of {plan.cache_slots} frames; pass its last {plan.cache_slots} frames "
+                     f"(`sample` takes longer contexts)")
+  return Stream(plan, max_frames, context_frames, s, _Steps(model, grid, plan, cfg_scale, eta,
+                                                            None))
 
 
 def normalize_context(latents):

@@ -113,25 +113,73 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
   return out
 
 
+class VideoWriter:
+  """Writes uint8 frames [H, W, 3] one at a time into the container the suffix names
+  (H.264 mp4 by default, crf 18; yuv420p, so sizes are padded to even). Use it as a
+  context manager: closing flushes the encoder and writes the trailer.
+
+  progressive=True (mp4): a fragmented mp4 with one fragment a frame and an encoder
+  without lookahead (x264's zerolatency), flushed to disk as each frame comes, so a
+  player can show the file while it grows and a process killed mid-way leaves every
+  frame but the last written one readable.
+  """
+
+  def __init__(self, path, fps: int = 8, codec: str = "libx264", options=None,
+               progressive: bool = False):
+    import av
+    self.path = pathlib.Path(path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.frames = 0
+    self._file = None
+    options = dict(options if options is not None else {"crf": "18"})
+    if progressive:
+      if self.path.suffix != ".mp4":
+        raise DataError(f"{self.path}: progressive writing makes a fragmented mp4; name a .mp4")
+      options.setdefault("tune", "zerolatency")
+      self._file = open(self.path, "wb")
+      self._container = av.open(self._file, mode="w", format="mp4", buffer_size=4096,
+                                container_options={"movflags": "frag_every_frame+empty_moov"
+                                                               "+default_base_moof"})
+    else:
+      self._container = av.open(str(self.path), mode="w")
+    self._stream = self._container.add_stream(codec, rate=fps)
+    self._stream.pix_fmt = "yuv420p"
+    self._options = options
+
+  def write(self, frame: np.ndarray):
+    import av
+    frame = np.asarray(frame, np.uint8)
+    frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
+    if not self.frames:
+      self._stream.width, self._stream.height = frame.shape[1], frame.shape[0]
+      self._stream.options = self._options
+    for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+      self._container.mux(packet)
+    self.frames += 1
+    if self._file is not None:
+      self._file.flush()
+
+  def close(self):
+    if self._container is None:
+      return
+    for packet in self._stream.encode():
+      self._container.mux(packet)
+    self._container.close()
+    self._container = None
+    if self._file is not None:
+      self._file.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
 def write_video(path, frames: np.ndarray, fps: int = 8, codec: str = "libx264",
                 options=None) -> pathlib.Path:
-  """Writes uint8 frames [T, H, W, 3] in the container the suffix names (H.264 mp4 by
-  default, crf 18; yuv420p, so sizes are padded to even)."""
-  import av
-  frames = np.asarray(frames, np.uint8)
-  pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-  if pad_h or pad_w:
-    frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with av.open(str(path), mode="w") as container:
-    stream = container.add_stream(codec, rate=fps)
-    stream.width, stream.height = frames.shape[2], frames.shape[1]
-    stream.pix_fmt = "yuv420p"
-    stream.options = options if options is not None else {"crf": "18"}
+  """Writes uint8 frames [T, H, W, 3] with a `VideoWriter`."""
+  with VideoWriter(path, fps, codec, options) as writer:
     for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
-  return path
+      writer.write(frame)
+  return writer.path

@@ -209,6 +209,9 @@ class DiT(nn.Module):
   def __call__(self, x, t, label=None, *, first_frame=0, cache=None, attention_window=None):
     """x [B, F, L, C], t [B, F], label [B] or None -> prediction [B, F, L, C].
 
+    label may also be [B, F], one class per frame (a stream that switches class): the
+    clean variant adds each frame's embedding to its timestep's.
+
     first_frame: the absolute index of x's first frame (positions and masks), an int or
       a traced scalar. cache: a `KVCache` of earlier frames; then the call returns
       (prediction, (keys, values)) with this call's keys and values, one [B, F·L, H, hd]
@@ -220,6 +223,9 @@ class DiT(nn.Module):
     width = self.hidden_size
     if label is None:
       label = jnp.full((batch,), self.default_label, jnp.int32)
+    if label.ndim == 2 and self.context_tokens:
+      raise ValueError("labels per frame need the clean variant's label embedding; this DiT "
+                       "conditions through context tokens, one label per video")
     if cache is not None and not self.strictly_causal:
       raise ValueError("a KV cache needs a strictly causal DiT; this one has context tokens "
                        "that see every frame (context_sees_video=True)")
@@ -246,7 +252,7 @@ class DiT(nn.Module):
       embed = nn.Embed(self.num_classes + 1, width, name="label_embedder",
                        embedding_init=layers.param_with_axes(nn.initializers.normal(0.02),
                                                              (None, "embed")))
-      cond = cond + embed(label)[:, None, :]
+      cond = cond + (embed(label) if label.ndim == 2 else embed(label)[:, None, :])
 
     frame_of_token = first_frame + jnp.repeat(jnp.arange(frames), tokens)
     if self.context_tokens:

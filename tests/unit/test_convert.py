@@ -18,7 +18,7 @@ from ardiffusion_jax import cli, config as config_lib, diffusion, sampling  # no
 from ardiffusion_jax.convert import official, portable  # noqa: E402
 from ardiffusion_jax.data.video import read_video  # noqa: E402
 from ardiffusion_jax.errors import CheckpointError  # noqa: E402
-from ardiffusion_jax.models import ar_vae, dit, layers  # noqa: E402
+from ardiffusion_jax.models import ar_vae, dit  # noqa: E402
 from tests import official_reference as ref  # noqa: E402
 from tests import support  # noqa: E402
 
@@ -117,8 +117,8 @@ def test_ad_sampler_matches_the_authors_guided_sampler(converted_official_dits, 
   key = jax.random.key(7)
   label = jnp.array([1, 3]) if num_classes else None
   ours = np.asarray(jax.jit(sample, static_argnums=2)(variables, key, batch, None, label))
-  # The x_T `sample` draws: the first half of its key, one normal per latent.
-  x_T = layers.normal(jax.random.split(key)[0], (batch, num_frames, TOKENS, 4))
+  # The x_T `sample` draws: from the first half of its key, frame by frame.
+  x_T = sampling.frame_noise(jax.random.split(key)[0], batch, 0, num_frames, (TOKENS, 4))
   x_T = torch.from_numpy(np.array(x_T))
   theirs = ref.ad_sample(net, x_T, num_steps, s, guidance,
                          None if label is None else torch.tensor(np.asarray(label)))

@@ -104,7 +104,7 @@ def test_s0_is_plain_synchronous_ddim():
   batch, frames = 2, 5
   _, sampled = _sample(model, variables, batch=batch, num_frames=frames, s=0)
   key_init, _ = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(key_init, (batch, frames, TOKENS, 4))
+  x = sampling.frame_noise(key_init, batch, 0, frames, (TOKENS, 4))
   for k in range(1, STEPS + 1):  # every frame at the same level, all moving together
     t = jnp.full((batch, frames), grid.model_timesteps[k], jnp.int32)
     x0 = model.apply(variables, x, t)
