@@ -5,6 +5,7 @@ Timings are wall-clock on whatever machine runs them; tests never assert on them
 """
 
 import argparse
+import itertools
 import json
 import pathlib
 import platform
@@ -423,8 +424,157 @@ def bench_convert(argv):
   return _write(args.out, output)
 
 
+class _PeakMemory:
+  """The peak, over the `with` block, of the process's resident memory (polled every
+  2 ms from /proc/self/statm; None where that file is missing) and of the first device's
+  bytes in use (where the backend reports them, as GPUs do; None on CPU)."""
+
+  def __init__(self):
+    import threading
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._poll, daemon=True)
+    self.rss_mb = self.device_mb = None
+
+  @staticmethod
+  def _rss_mb():
+    try:
+      with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+    except OSError:
+      return None
+
+  @staticmethod
+  def _device_mb():
+    stats = jax.devices()[0].memory_stats() or {}
+    used = stats.get("bytes_in_use")
+    return None if used is None else used / 2**20
+
+  def _poll(self):
+    while not self._stop.is_set():
+      for name, now in (("rss_mb", self._rss_mb()), ("device_mb", self._device_mb())):
+        if now is not None and (getattr(self, name) is None or now > getattr(self, name)):
+          setattr(self, name, now)
+      self._stop.wait(0.002)
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+
+
+def _bench_generator(size: str, steps: int, ckpt=None):
+  """The demo's models (`configs/synthetic.py:default`: the tiny AR-VAE and a DiT of
+  `size`) with random weights, which time as trained ones do; or a trained DiT run and
+  its AR-VAE."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from ardiffusion_jax import config as config_lib
+  from ardiffusion_jax import diffusion, generate
+  from ardiffusion_jax.models import ar_vae, dit
+  if ckpt:
+    return generate.Generator.from_checkpoint(ckpt, sampling_steps=steps)
+  config = config_lib.load_config("configs/synthetic.py:default", [f"dit.size={size!r}"])
+  init = lambda model, seed: nn.meta.unbox(model.init(
+      jax.random.key(seed), *[jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()]))
+  model, vae = dit.dit_from_config(config.dit), ar_vae.vae_from_config(config.vae)
+  grid = diffusion.ddim_grid(config.diffusion.ddim_grid,
+                             diffusion.alphas_from_config(config.diffusion), steps)
+  return generate.Generator(config, model, init(model, 0), grid, vae, init(vae, 1)["params"],
+                            config.vae.image_size)
+
+
+def bench_streaming(argv):
+  """`Generator.stream` against `sample` making the same video in one call: time to the
+  first frame, steady frames/s and peak memory, by length, s and decoding."""
+  from ardiffusion_jax import generate
+
+  parser = argparse.ArgumentParser(prog="bench streaming")
+  parser.add_argument("--sizes", default="tiny,small",
+                      help="DiT presets, each with the demo's tiny AR-VAE (default tiny,small)")
+  parser.add_argument("--ckpt", help="a trained DiT run to stream instead of the tiny preset "
+                                     "(its AR-VAE from latents_info.json)")
+  parser.add_argument("--frames", default="64,256,1024", help="comma-separated lengths")
+  parser.add_argument("--s", default="1,5,S", help="comma-separated s values (S: the steps)")
+  parser.add_argument("--steps", type=int, default=50, help="DDIM steps S")
+  parser.add_argument("--decode", default="no,yes", help="no, yes or both (no,yes)")
+  parser.add_argument("--sample-frames", type=int, default=None,
+                      help="longest video `sample` makes for the comparison (default: all)")
+  parser.add_argument("--out", default="bench_results/streaming.json")
+  args = parser.parse_args(argv)
+  lengths = sorted(int(f) for f in args.frames.split(","))
+  results, rows = [], []
+  for size in args.sizes.split(","):
+    generator = _bench_generator(size, args.steps, args.ckpt if size == "tiny" else None)
+    steps = generator.grid.num_steps
+    s_values = [steps if s == "S" else int(s) for s in args.s.split(",")]
+    # The per-frame decode on its own: the latency streaming adds to every frame.
+    decode_frame = generator._frame_decoder()
+    latent = np.zeros((generator.model.tokens_per_frame, generator.model.in_channels),
+                      np.float32) + 0.5
+    decode_frame(latent)
+    calls, seconds = _time_calls(lambda _: decode_frame(latent), 1.0, 10)
+    decode_ms = 1e3 * seconds / calls
+    print(f"{size}: decoding one frame takes {decode_ms:.1f} ms", flush=True)
+    for s in s_values:
+      for decode in [d == "yes" for d in args.decode.split(",")]:
+        for frames in lengths:
+          # Compiles (where a shorter stream has not already): the timed runs are warm.
+          list(itertools.islice(generator.stream(s, max_frames=frames, decode=decode), 2))
+          entry = {"size": size, "s": s, "decode": decode, "frames": frames}
+          with _PeakMemory() as memory:
+            started = time.perf_counter()
+            first = None
+            for i, _ in enumerate(generator.stream(s, max_frames=frames, decode=decode)):
+              if first is None:
+                first = time.perf_counter() - started
+            total = time.perf_counter() - started
+          entry.update(stream_first_frame_s=first, stream_fps=(frames - 1) / (total - first),
+                       stream_total_s=total, stream_rss_mb=memory.rss_mb,
+                       stream_device_mb=memory.device_mb)
+          if args.sample_frames is None or frames <= args.sample_frames:
+            if decode:
+              generator.decode(np.zeros((1, frames) + latent.shape, np.float32))  # compiles
+            with _PeakMemory() as memory:
+              latents, timing = generator.sample_latents(1, frames, s, batch_size=1,
+                                                         show_progress=False)
+              started = time.perf_counter()
+              if decode:
+                generator.decode(latents)
+              # Sampling without its compilation, which `sample_latents` times apart.
+              total = timing["sample_seconds"] + time.perf_counter() - started
+            entry.update(sample_total_s=total, sample_fps=frames / total,
+                         sample_rss_mb=memory.rss_mb, sample_device_mb=memory.device_mb)
+          results.append(entry)
+          fmt = lambda v, f: "-" if v is None else format(v, f)
+          rows.append([size, s, "yes" if decode else "no", frames,
+                       fmt(entry["stream_first_frame_s"], ".2f"), fmt(entry["stream_fps"], ".1f"),
+                       fmt(entry["stream_rss_mb"], ".0f"), fmt(entry.get("sample_total_s"), ".2f"),
+                       fmt(entry.get("sample_fps"), ".1f"), fmt(entry.get("sample_rss_mb"), ".0f")])
+          print("  " + "  ".join(map(str, rows[-1])), flush=True)
+    results.append({"size": size, "decode_frame_ms": decode_ms})
+  growth = {}
+  for entry in results:
+    if entry.get("frames") == lengths[-1] and entry.get("stream_rss_mb"):
+      small = next(e for e in results if e.get("frames") == lengths[0] and all(
+          e.get(k) == entry[k] for k in ("size", "s", "decode")))
+      growth[f"{entry['size']} s={entry['s']} decode={entry['decode']}"] = (
+          entry["stream_rss_mb"] / small["stream_rss_mb"])
+  _print_table(["DiT", "s", "decode", "frames", "stream: first frame s", "frames/s", "peak RSS MB",
+                "sample: s", "frames/s", "peak RSS MB"], rows)
+  for name, ratio in growth.items():
+    print(f"peak RSS at {lengths[-1]} / at {lengths[0]} frames, {name}: {ratio:.3f}")
+  return _write(args.out, {
+      "benchmark": "streaming", "steps": args.steps, "results": results,
+      "rss_growth": growth, "backend": jax.default_backend(), "jax": jax.__version__,
+      "machine": platform.processor() or platform.machine()})
+
+
 BENCHMARKS = {"timesteps": bench_timesteps, "train_step": bench_train_step, "vae": bench_vae,
-              "sampling": bench_sampling, "convert": bench_convert}
+              "sampling": bench_sampling, "streaming": bench_streaming, "convert": bench_convert}
 
 
 def _print_table(header, rows):

@@ -201,10 +201,9 @@ class Generator:
       self._require_vae()
     label_of = self._label_schedule(label)
     context_frames = 0 if context is None else int(np.shape(context)[0])
+    eta = self.config.diffusion.eta if eta is None else eta
     try:
-      stream = sampling.make_stream(
-          self.model, self.grid, s=s, context_frames=context_frames, max_frames=max_frames,
-          cfg_scale=cfg, eta=self.config.diffusion.eta if eta is None else eta)
+      stream, start, advance = self._stream_program(s, context_frames, max_frames, cfg, eta)
     except ValueError as error:  # a setting that cannot stream, with the constraint named
       raise ArgumentError("stream", str(error)) from error
     if s == 0:
@@ -213,8 +212,6 @@ class Generator:
     per_frame = isinstance(label, Mapping)
     labels = lambda frames: np.asarray([[label_of(f) for f in frames]], np.int32)
     window = stream.window
-    start = jax.jit(stream.start, static_argnums=2)
-    advance = jax.jit(stream.advance)
     key = jax.random.fold_in(jax.random.key(seed), 0)  # sample_latents' first batch
     if per_frame:
       buffer_label = labels(range(context_frames - 1, context_frames + window))
@@ -230,17 +227,41 @@ class Generator:
     for f in range(context_frames):
       latent = np.asarray(context_array[0, f])
       yield StreamFrame(f, latent, decoder(latent) if decoder else None)
-    chunk = 0
-    while stream.num_chunks is None or chunk < stream.num_chunks:
-      rows, base = stream.rows(chunk), stream.base(chunk)
+
+    def run(chunk, state):
+      """Dispatches chunk `chunk` (asynchronously) -> (its state, its buffer's base)."""
+      base = stream.base(chunk)
       entering = labels([base + window])[:, 0] if per_frame else None
-      state = advance(self.variables, state, rows, np.int32(base),
-                      None if entering is None else jnp.asarray(entering))
+      return advance(self.variables, state, stream.rows(chunk), np.int32(base),
+                     None if entering is None else jnp.asarray(entering)), base
+
+    chunk, (state, base) = 0, run(0, state)
+    while True:
+      last = stream.num_chunks is not None and chunk + 1 >= stream.num_chunks
+      # The next chunk goes to the device before this one's frame is read and decoded,
+      # so the device denoises while the host decodes and the caller consumes.
+      following = None if last else run(chunk + 1, state)
       buffer = np.asarray(state.x)
       for f in stream.finished(chunk):
         latent = buffer[0, f - base]
         yield StreamFrame(f, latent, decoder(latent) if decoder else None)
-      chunk += 1
+      if last:
+        return
+      chunk, (state, base) = chunk + 1, following
+
+  def _stream_program(self, s, context_frames, max_frames, cfg, eta):
+    """(Stream, jitted start, jitted advance) for these settings. The jitted functions
+    depend only on what is static in a chunk (the rows are arguments), so streams that
+    agree on it share them: a second stream, or a longer one, compiles nothing."""
+    stream = sampling.make_stream(self.model, self.grid, s=s, context_frames=context_frames,
+                                  max_frames=max_frames, cfg_scale=cfg, eta=eta)
+    plan = stream.plan
+    static = (s, context_frames, float(cfg), float(eta), plan.window, plan.cache_slots,
+              plan.attention_window)
+    programs = self.__dict__.setdefault("_stream_programs", {})
+    if static not in programs:
+      programs[static] = (jax.jit(stream.start, static_argnums=2), jax.jit(stream.advance))
+    return (stream,) + programs[static]
 
   def _label_schedule(self, label):
     """frame -> class for `stream`, validated against the model."""
@@ -251,9 +272,10 @@ class Generator:
       raise ArgumentError("label_schedule", "the schedule is empty")
     if min(label) < 0:
       raise ArgumentError("label_schedule", f"frames must be >= 0, got {sorted(label)}")
-    if self.model.context_tokens and len(set(label.values())) > 1:
+    if self.model.context_tokens:
       raise ArgumentError("label_schedule", "this DiT conditions through context tokens, one "
-                                            "label per video, so it cannot switch class")
+                                            "label per video, so it cannot switch class; "
+                                            "give one label")
     self._labels(np.asarray(list(label.values())), len(label))
     keys = sorted(label)
     null = self.model.default_label

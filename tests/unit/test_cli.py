@@ -64,6 +64,22 @@ def test_sampling_benchmark_times_both_modes_and_the_matmul_floor(tmp_path):
   assert result["ratios"]["matmul_floor_sS_over_s0"] == pytest.approx(floor_ratio)
 
 
+def test_streaming_benchmark_compares_the_stream_with_sample(tmp_path):
+  out = tmp_path / "streaming.json"
+  assert bench.main(["streaming", "--sizes", "tiny", "--steps", "4", "--frames", "6,10",
+                     "--s", "2,S", "--decode", "no,yes", "--out", str(out)]) == 0
+  result = json.loads(out.read_text())
+  runs = [r for r in result["results"] if "frames" in r]
+  assert [(r["s"], r["decode"], r["frames"]) for r in runs] == [
+      (s, d, f) for s in (2, 4) for d in (False, True) for f in (6, 10)]
+  for run in runs:
+    assert 0 < run["stream_first_frame_s"] < run["stream_total_s"] and run["stream_fps"] > 0
+    assert run["sample_total_s"] > 0 and run["sample_fps"] > 0
+    assert run["stream_rss_mb"] > 0 and run["sample_rss_mb"] > 0
+  assert [r["decode_frame_ms"] > 0 for r in result["results"] if "decode_frame_ms" in r] == [True]
+  assert len(result["rss_growth"]) == 4 and all(g > 0 for g in result["rss_growth"].values())
+
+
 def test_plan_prints_and_writes_per_device_memory(tmp_path, capsys):
   out = tmp_path / "plan.json"
   assert cli.main(["plan", "--config", "configs/synthetic.py:smoke", "--devices", "8",

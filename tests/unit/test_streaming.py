@@ -101,6 +101,11 @@ def test_an_unbounded_stream_runs_the_plan_a_frame_on_each_chunk():
   latents, _ = _streamed(generator, 2, 30 - finite.window, unbounded=True, decode=False)
   np.testing.assert_array_equal(latents, expected[0, :len(latents)])
 
+  # Streams that differ only in length share their compiled chunks.
+  _, *longer = generator._stream_program(2, 0, 40, 1.0, 0.0)
+  _, *shorter = generator._stream_program(2, 0, 30, 1.0, 0.0)
+  assert all(a is b for a, b in zip(longer, shorter))
+
   variables = generator.variables
   start = jax.jit(unbounded.start, static_argnums=2)
   advance = jax.jit(unbounded.advance)
