@@ -434,6 +434,7 @@ class _PeakMemory:
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._poll, daemon=True)
     self.rss_mb = self.device_mb = None
+    self.start_rss_mb = self._rss_mb()
 
   @staticmethod
   def _rss_mb():
@@ -521,6 +522,9 @@ def bench_streaming(argv):
     print(f"{size}: decoding one frame takes {decode_ms:.1f} ms", flush=True)
     for s in s_values:
       for decode in [d == "yes" for d in args.decode.split(",")]:
+        # Every stream first, then every `sample`: a longer `sample` leaves the process
+        # holding more memory, which would show up in the streams' peaks after it.
+        entries = []
         for frames in lengths:
           # Compiles (where a shorter stream has not already): the timed runs are warm.
           list(itertools.islice(generator.stream(s, max_frames=frames, decode=decode), 2))
@@ -534,7 +538,11 @@ def bench_streaming(argv):
             total = time.perf_counter() - started
           entry.update(stream_first_frame_s=first, stream_fps=(frames - 1) / (total - first),
                        stream_total_s=total, stream_rss_mb=memory.rss_mb,
+                       stream_rss_start_mb=memory.start_rss_mb,
                        stream_device_mb=memory.device_mb)
+          entries.append(entry)
+        for entry in entries:
+          frames = entry["frames"]
           if args.sample_frames is None or frames <= args.sample_frames:
             if decode:
               generator.decode(np.zeros((1, frames) + latent.shape, np.float32))  # compiles
@@ -573,8 +581,351 @@ def bench_streaming(argv):
       "machine": platform.processor() or platform.machine()})
 
 
+# Dense bf16 peak of one chip, by `device_kind` substring (first match): the MFU's
+# denominator. Sparse figures (twice these) do not count.
+PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A800", 312.0), ("A100", 312.0),
+                    ("TPU v5p", 459.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
+                    ("TPU v4", 275.0), ("TPU v6", 918.0))
+
+# `bench accelerator --size`: paper (one H100/H200-class GPU) or tiny (CPU, seconds).
+ACCELERATOR_SIZES = {
+    "paper": dict(dit="paper", batch=16, frames=16, steps=50, sample_batches=(1, 8),
+                  long_frames=128, vae_batch=8, train_steps=5),
+    "tiny": dict(dit="tiny", batch=2, frames=4, steps=10, sample_batches=(1, 2),
+                 long_frames=8, vae_batch=2, train_steps=2),
+}
+
+
+def _peak_tflops(device_kind: str):
+  return next((peak for name, peak in PEAK_BF16_TFLOPS if name.lower() in device_kind.lower()),
+              None)
+
+
+def _device_memory():
+  """(bytes the device holds, peak bytes in use so far), each None where not reported."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("bytes_limit"), stats.get("peak_bytes_in_use")
+
+
+def _out_of_memory(error) -> bool:
+  return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
+
+
+def _paper_config(size: str, variant: str, batch: int):
+  """`configs/synthetic.py:paper` (bf16, remat) in `variant` on one device, with unrolled
+  layers: `cost_analysis` counts a scanned stack's body once, so the FLOPs (and the step
+  time beside them) are those of the unrolled step."""
+  from ardiffusion_jax import config as config_lib
+  spec = ACCELERATOR_SIZES[size]
+  return config_lib.load_config("configs/synthetic.py:paper", [
+      f"dit.variant={variant!r}", f"dit.size={spec['dit']!r}", f"dit.num_frames={spec['frames']}",
+      f"train.batch_size={batch}", "mesh.fsdp=1", "mesh.data=1", "dit.scan_layers=False"])
+
+
+def _train_step(config, batch: int):
+  """(compiled step, state, batch arrays, its lowering) for `config` on one device."""
+  from ardiffusion_jax.models import dit
+  from ardiffusion_jax.train import dit as train_dit
+  from ardiffusion_jax.train import sharding
+  from ardiffusion_jax.train import state as state_lib
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  model = dit.dit_from_config(config.dit)
+  tx = state_lib.make_optimizer(config.train)
+  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.key(0),
+                                                  model.example_inputs())
+  latents = np.random.default_rng(0).normal(size=model.example_inputs(batch)[0].shape)
+  latents = (latents / np.linalg.norm(latents, axis=-1, keepdims=True)).astype(np.float32)
+  data = sharding.global_batch({"latents": latents}, mesh)
+  with sharding.mesh_context(mesh):
+    lowered = train_dit.jit_train_step(model, tx, config, shardings, mesh).lower(state, data)
+    compiled = lowered.compile()
+  return compiled, state, data, mesh
+
+
+def _time_train_step(size: str, variant: str, batch: int, steps: int) -> dict:
+  from ardiffusion_jax.train import sharding
+  config = _paper_config(size, variant, batch)
+  started = time.perf_counter()
+  compiled, state, data, mesh = _train_step(config, batch)
+  compile_s = time.perf_counter() - started
+  with sharding.mesh_context(mesh):
+    state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+    started = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - started) / steps
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  spec = ACCELERATOR_SIZES[size]
+  return {"s_per_step": seconds, "tokens_per_s": batch * spec["frames"] * 32 / seconds,
+          "flops_per_step": float(cost.get("flops", float("nan"))),
+          "compile_s": compile_s, "loss": float(metrics["loss"]),
+          "xla_temp_bytes": int(memory.temp_size_in_bytes),
+          "xla_argument_bytes": int(memory.argument_size_in_bytes)}
+
+
+def _largest_batch(size: str, variant: str, planned: dict, capacity):
+  """The largest batch whose training step ran: `ardiff plan`'s peaks at `planned`'s
+  batch and twice it give bytes per sample and a first guess at 95% of the capacity; a
+  guess that runs out of memory moves down by an eighth (up to 4 tries). (None, why)
+  without a known capacity."""
+  from ardiffusion_jax.train import plan as plan_lib
+  if capacity is None:
+    return None, "the device reports no memory capacity (CPU)"
+  start = planned["global_batch"]
+  doubled = plan_lib.plan_train_step(_paper_config(size, variant, 2 * start), jax.devices()[:1])
+  per_sample = (doubled["peak_bytes"] - planned["peak_bytes"]) / start
+  fixed = planned["peak_bytes"] - per_sample * start
+  guess = int((0.95 * capacity - fixed) // max(per_sample, 1))
+  for _ in range(4):
+    try:
+      _time_train_step(size, variant, guess, 1)
+      return guess, (f"planned {per_sample / 2**20:.0f} MiB a sample and "
+                     f"{fixed / 2**30:.1f} GiB fixed; ran")
+    except Exception as error:  # noqa: BLE001  (only out-of-memory moves the guess)
+      if not _out_of_memory(error):
+        raise
+      guess = int(guess * 7 / 8)
+  return None, "every guess ran out of memory"
+
+
+def _attention_check(size: str) -> dict:
+  """Which attention kernel serves the DiT's block-causal boolean mask: cuDNN's fused one
+  where it accepts it, else XLA's. Both run on the paper's attention shapes in bf16 and
+  are compared within bf16 tolerance, with their times."""
+  import jax.numpy as jnp
+  from ardiffusion_jax.models import dit, layers
+  spec = ACCELERATOR_SIZES[size]
+  preset = dit.PRESETS[spec["dit"]]
+  heads, head_dim = preset["num_heads"], preset["hidden_size"] // preset["num_heads"]
+  frames, tokens = spec["frames"], 32
+  shape = (spec["batch"], frames * tokens, heads, head_dim)
+  q, k, v = (jax.random.normal(key, shape, jnp.bfloat16)
+             for key in jax.random.split(jax.random.key(0), 3))
+  frame = jnp.repeat(jnp.arange(frames), tokens)
+  mask = layers.frame_mask(frame[None], frame[None])
+  result = {"shape": list(shape), "mask": "block-causal (frame <= frame), boolean"}
+  outputs = {}
+  for name in ("xla", "cudnn"):
+    try:
+      run = jax.jit(lambda q, k, v, name=name: jax.nn.dot_product_attention(
+          q, k, v, mask=mask, implementation=name))
+      outputs[name] = jax.block_until_ready(run(q, k, v))
+      calls, seconds = _time_calls(lambda _: jax.block_until_ready(run(q, k, v)), 0.5, 5)
+      result[f"{name}_ms"] = 1e3 * seconds / calls
+    except Exception as error:  # noqa: BLE001  (a kernel that refuses: say why)
+      result[f"{name}_ms"] = None
+      result[f"{name}_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+  if "cudnn" in outputs:
+    diff = jnp.abs(outputs["cudnn"].astype(jnp.float32) - outputs["xla"].astype(jnp.float32))
+    result["max_abs_difference"] = float(diff.max())
+    result["cudnn_matches_xla"] = bool(diff.max() <= 2e-2)
+  result["implementation"] = "cudnn" if result.get("cudnn_matches_xla") else "xla"
+  # The DiT calls dot_product_attention without naming an implementation: XLA's.
+  result["dit_uses"] = "xla"
+  return result
+
+
+def _sampling_figures(size: str, over_budget) -> list:
+  """Seconds per video of the AD sampler with paper-size DiTs: the official one in full
+  mode (the authors' way) and the clean one cached, at the paper's settings, batch 1
+  before batch 8 and the long video last; what is left once `over_budget()` is recorded
+  as skipped."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  from ardiffusion_jax import diffusion, sampling
+  from ardiffusion_jax.models import dit
+  spec = ACCELERATOR_SIZES[size]
+  steps = spec["steps"]
+  config = _paper_config(size, "official", 1)
+  grid = diffusion.ddim_grid("clean", diffusion.alphas_from_config(config.diffusion), steps)
+  s_values = (0, steps // 10, steps)
+  figures = []
+  for variant, mode in (("official", "full"), ("clean", "cached")):
+    config = _paper_config(size, variant, 1)
+    config.dit.update(num_frames=16 if size == "paper" else spec["frames"], scan_layers=False,
+                      remat=False)
+    model = dit.dit_from_config(config.dit)
+    example = [jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()]
+    variables = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), *example))
+    settings = [(model.num_frames, s, b) for b in spec["sample_batches"] for s in s_values]
+    if mode == "cached":  # past the window: the clean model's rolling cache
+      settings.append((spec["long_frames"], steps // 10, 1))
+    for frames, s, batch in settings:
+      entry = {"variant": variant, "mode": mode, "frames": frames, "s": s, "batch": batch}
+      if over_budget():
+        figures.append(dict(entry, skipped="over the time budget (--budget-s)"))
+        continue
+      plan, sample = sampling.make_sampler(model, grid, num_frames=frames, s=s, mode=mode)
+      started = time.perf_counter()
+      compiled = jax.jit(sample, static_argnums=2).lower(
+          variables, jax.random.key(0), batch).compile()
+      compile_s = time.perf_counter() - started
+      jax.block_until_ready(compiled(variables, jax.random.key(1)))
+      started = time.perf_counter()
+      jax.block_until_ready(compiled(variables, jax.random.key(2)))
+      seconds = time.perf_counter() - started
+      figures.append(dict(entry, rows=plan.rows, s_per_video=seconds / batch,
+                          compile_s=compile_s))
+      print(f"  sampling {variant} {mode} F={frames} s={s} batch {batch}: "
+            f"{seconds / batch:.2f} s/video", flush=True)
+  return figures
+
+
+def _vae_throughput(size: str) -> dict:
+  """Frames per second of the paper AR-VAE's encoder and decoder in bf16 (per frame;
+  the clean variant's temporally causal decoder over 16-frame clips)."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  from ardiffusion_jax.models import ar_vae
+  spec = ACCELERATOR_SIZES[size]
+  vae = ar_vae.vae_from_config(_vae_config(size))
+  frames = 16 if size == "paper" else 2
+  video = jnp.zeros((spec["vae_batch"], frames, vae.image_size, vae.image_size, 3), jnp.float32)
+  params = nn.meta.unbox(jax.jit(vae.init)(jax.random.key(0), video[:1, :1]))["params"]
+  encode = jax.jit(lambda v: vae.apply({"params": params}, v, method=ar_vae.ARVAE.encode)[0])
+  latents = jax.block_until_ready(encode(video))
+  decode = jax.jit(lambda z: vae.apply({"params": params}, z, method=ar_vae.ARVAE.decode))
+  jax.block_until_ready(decode(latents))
+  result = {"resolution": vae.image_size, "clip_frames": frames, "batch": spec["vae_batch"],
+            "dtype": str(jnp.dtype(vae.dtype))}
+  for name, fn, x in (("encode", encode, video), ("decode", decode, latents)):
+    calls, seconds = _time_calls(lambda _: jax.block_until_ready(fn(x)), 1.0, 3)
+    result[f"{name}_frames_per_s"] = calls * spec["vae_batch"] * frames / seconds
+  return result
+
+
+def _vae_config(size: str):
+  """The AR-VAE of the real-video configs (official, 256², the temporally causal decoder
+  of stage 3) at paper size; the synthetic one at 32² at tiny size; both in bf16."""
+  from ardiffusion_jax.configs import sky, synthetic
+  # The model section only: a real-video config validates its data.root, which no
+  # dataset here has.
+  vae = (sky.get_config("vae_causal") if size == "paper" else synthetic.get_config("vae_causal")).vae
+  vae.dtype = "bfloat16"
+  if size != "paper":
+    vae.image_size = 32
+  return vae
+
+
+def bench_accelerator(argv):
+  """The prepared accelerator check: the paper DiT's training step (official and clean,
+  bf16, remat), MFU, the attention kernel, memory against `ardiff plan`, paper-size
+  sampling against Table 2, the paper AR-VAE's throughput and the largest batch, in one
+  process and in that order, the JSON rewritten after each part. `--size tiny` runs the
+  same code on CPU."""
+  import flax
+  import jaxlib
+
+  from ardiffusion_jax.train import plan as plan_lib
+  parser = argparse.ArgumentParser(prog="bench accelerator")
+  parser.add_argument("--size", default="paper", choices=tuple(ACCELERATOR_SIZES))
+  parser.add_argument("--skip", default="", help="comma-separated parts to leave out: "
+                      "train, memory, attention, sampling, vae, largest_batch")
+  parser.add_argument("--budget-s", type=float, default=420.0,
+                      help="sampling settings and the largest-batch search start only "
+                           "before this many seconds (default 420)")
+  parser.add_argument("--out", default="bench_results/accelerator.json")
+  args = parser.parse_args(argv)
+  skip = set(filter(None, args.skip.split(",")))
+  spec = ACCELERATOR_SIZES[args.size]
+  device = jax.devices()[0]
+  capacity, _ = _device_memory()
+  peak = _peak_tflops(device.device_kind)
+  started = time.perf_counter()
+  over_budget = lambda: time.perf_counter() - started > args.budget_s
+  result = {
+      "benchmark": "accelerator", "size": args.size,
+      "environment": {
+          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+          "backend": jax.default_backend(), "device_kind": device.device_kind,
+          "devices": jax.device_count(), "memory_bytes": capacity,
+          "compute_capability": getattr(device, "compute_capability", None),
+          "peak_bf16_tflops": peak, "python": platform.python_version()},
+  }
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+
+  def part(name):
+    """Saves what is measured so far (a run cut short keeps it) and logs the next part."""
+    result["seconds"] = time.perf_counter() - started
+    out.write_text(json.dumps(result, indent=2))
+    print(f"[{result['seconds']:6.1f} s] {name}", flush=True)
+    return name not in skip
+
+  if part("train"):
+    result["train"] = {}
+    for variant in ("official", "clean"):
+      figures = _time_train_step(args.size, variant, spec["batch"], spec["train_steps"])
+      achieved = figures["flops_per_step"] / figures["s_per_step"]
+      figures["tflops_per_s"] = achieved / 1e12
+      figures["mfu"] = None if peak is None else achieved / (peak * 1e12)
+      if variant == "official":  # the process's first steps: the peak is this config's
+        figures["device_peak_bytes"] = _device_memory()[1]
+      result["train"][variant] = figures
+  planned = None
+  if part("memory"):
+    planned = plan_lib.plan_train_step(_paper_config(args.size, "official", spec["batch"]),
+                                       jax.devices()[:1])
+    measured = result.get("train", {}).get("official", {}).get("device_peak_bytes")
+    result["memory"] = {"planned_peak_bytes": planned["peak_bytes"],
+                        "measured_peak_bytes": measured,
+                        "measured_over_planned": None if measured is None
+                        else measured / planned["peak_bytes"]}
+  if part("attention"):
+    result["attention"] = _attention_check(args.size)
+  if part("sampling"):
+    result["sampling"] = _sampling_figures(args.size, over_budget)
+    result["paper_table2_s_per_video"] = {"F16_s0": 2.4, "F16_s5": 5.2, "F16_s50": 30.5,
+                                          "F128_s5": 42.0}
+  if part("vae"):
+    result["vae"] = _vae_throughput(args.size)
+  if part("largest_batch"):
+    batch, how = None, "over the time budget (--budget-s)"
+    if not over_budget():
+      planned = planned or plan_lib.plan_train_step(
+          _paper_config(args.size, "official", spec["batch"]), jax.devices()[:1])
+      batch, how = _largest_batch(args.size, "official", planned, capacity)
+    result["largest_batch"] = {"variant": "official", "batch": batch, "how": how}
+  part("done")
+  _print_accelerator(result)
+  return _write(args.out, result)
+
+
+def _print_accelerator(result: dict):
+  fmt = lambda v, f=".3g": "null" if v is None else format(v, f)
+  env = result["environment"]
+  rows = [["device", f"{env['device_kind']} ({env['backend']}), jax {env['jax']}"]]
+  for variant, f in (result.get("train") or {}).items():
+    rows.append([f"train {variant}", f"{f['s_per_step']:.3f} s/step, "
+                 f"{f['tokens_per_s']:,.0f} tokens/s, MFU {fmt(f['mfu'], '.1%')}"])
+  if "largest_batch" in result:
+    rows.append(["largest batch", fmt(result["largest_batch"]["batch"], "d")])
+  if "memory" in result:
+    m = result["memory"]
+    measured = m["measured_peak_bytes"]
+    rows.append(["peak memory", f"measured {fmt(measured and measured / 2**30, '.2f')} GiB, "
+                 f"planned {m['planned_peak_bytes'] / 2**30:.2f} GiB"])
+  if "attention" in result:
+    a = result["attention"]
+    rows.append(["attention", f"{a['implementation']} (xla {fmt(a['xla_ms'], '.2f')} ms, "
+                 f"cudnn {fmt(a['cudnn_ms'], '.2f')} ms)"])
+  for f in result.get("sampling") or []:
+    rows.append([f"sample {f['variant']} {f['mode']} F={f['frames']} s={f['s']} b={f['batch']}",
+                 f["skipped"] if "skipped" in f else f"{f['s_per_video']:.2f} s/video"])
+  if "vae" in result:
+    v = result["vae"]
+    rows.append(["AR-VAE", f"encode {v['encode_frames_per_s']:.1f}, decode "
+                 f"{v['decode_frames_per_s']:.1f} frames/s at {v['resolution']}²"])
+  _print_table(["", "value"], rows)
+
+
 BENCHMARKS = {"timesteps": bench_timesteps, "train_step": bench_train_step, "vae": bench_vae,
-              "sampling": bench_sampling, "streaming": bench_streaming, "convert": bench_convert}
+              "sampling": bench_sampling, "streaming": bench_streaming, "convert": bench_convert,
+              "accelerator": bench_accelerator}
 
 
 def _print_table(header, rows):

@@ -184,8 +184,8 @@ class Generator:
     """Yields each frame of one video as soon as it is final, as a `StreamFrame`.
 
     The cached AD sampler runs in chunks, one per finished frame (`sampling.make_stream`):
-    one host round trip and one decode per frame, two compilations for any length, and
-    device memory that does not grow with the number of frames. With `max_frames` the
+    one host round trip and one decode per frame, the same compiled chunks for any length,
+    and device memory that does not grow with the number of frames. With `max_frames` the
     video is bit-identical to `sample_latents(1, max_frames, s, seed=seed, ...)`; without
     it the stream runs until the caller stops. At s = 0 every frame finishes at the last
     row, so the whole window comes at once (and a warning says so).

@@ -14,7 +14,6 @@ import optax
 
 from ardiffusion_jax import diffusion, timesteps
 from ardiffusion_jax import config as config_lib
-from ardiffusion_jax.data import latents, pipeline
 from ardiffusion_jax.errors import DataError
 from ardiffusion_jax.models import dit, layers
 from ardiffusion_jax.train import loop, sharding
@@ -121,6 +120,9 @@ def jit_train_step(model, tx, config, shardings, mesh):
 
 def latent_source(config, model):
   """The latent shards named by `train.latents_dir`, checked against the model."""
+  # Imported here, as in `train`: the train step itself needs no data reader (grain),
+  # so `bench accelerator` runs it on machines without one.
+  from ardiffusion_jax.data import latents
   source = latents.LatentShards(latents.shard_paths(config.train.latents_dir))
   shape = source[0]["latents"].shape
   expected = (model.num_frames, model.tokens_per_frame, model.in_channels)
@@ -132,6 +134,7 @@ def latent_source(config, model):
 
 def train(config, workdir, hooks=(), devices=None, logdir=None) -> loop.LoopResult:
   """`ardiff train`: trains the DiT on latent shards, resuming from `workdir`."""
+  from ardiffusion_jax.data import pipeline
   devices = jax.devices() if devices is None else list(devices)
   config_lib.validate(config, num_devices=len(devices))
   mesh = sharding.make_mesh(config.mesh, devices)

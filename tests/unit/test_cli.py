@@ -5,12 +5,13 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ardiffusion_jax import bench, cli
 from tests import support
 
-SUBCOMMANDS = ["demo", "train-vae", "extract", "train", "sample", "eval", "convert", "plan", "bench"]
+SUBCOMMANDS = ["demo", "train-vae", "extract", "train", "sample", "stream", "eval", "convert", "plan", "bench"]
 
 
 def test_help_lists_every_planned_subcommand():
@@ -78,6 +79,42 @@ def test_streaming_benchmark_compares_the_stream_with_sample(tmp_path):
     assert run["stream_rss_mb"] > 0 and run["sample_rss_mb"] > 0
   assert [r["decode_frame_ms"] > 0 for r in result["results"] if "decode_frame_ms" in r] == [True]
   assert len(result["rss_growth"]) == 4 and all(g > 0 for g in result["rss_growth"].values())
+
+
+def test_accelerator_check_at_tiny_size_gives_every_field(tmp_path):
+  """The CPU run of the prepared GPU check: every field is there, and what needs an
+  accelerator (MFU's peak, device memory, the largest batch, cuDNN) is null with a reason."""
+  out = tmp_path / "accelerator.json"
+  assert bench.main(["accelerator", "--size", "tiny", "--out", str(out)]) == 0
+  result = json.loads(out.read_text())
+  env = result["environment"]
+  assert env["backend"] == "cpu" and env["jax"] and env["jaxlib"] and env["flax"]
+  assert env["memory_bytes"] is None and env["peak_bf16_tflops"] is None
+  for variant in ("official", "clean"):
+    train = result["train"][variant]
+    assert train["s_per_step"] > 0 and train["flops_per_step"] > 0 and train["mfu"] is None
+    assert train["tokens_per_s"] == pytest.approx(2 * 4 * 32 / train["s_per_step"])
+    assert np.isfinite(train["loss"])
+  assert result["largest_batch"]["batch"] is None and "CPU" in result["largest_batch"]["how"]
+  memory = result["memory"]
+  assert memory["planned_peak_bytes"] > 0 and memory["measured_peak_bytes"] is None
+  attention = result["attention"]
+  assert attention["implementation"] == "xla" and attention["xla_ms"] > 0
+  assert attention["cudnn_ms"] is None and attention["cudnn_error"]
+  sampling = result["sampling"]
+  assert len(sampling) == 2 * 3 * 2 + 1 and all(f["s_per_video"] > 0 for f in sampling)
+  assert {(f["variant"], f["mode"]) for f in sampling} == {("official", "full"),
+                                                           ("clean", "cached")}
+  assert [f["frames"] for f in sampling if f["frames"] != 4] == [8]
+  assert result["paper_table2_s_per_video"]["F128_s5"] == 42.0
+  assert result["vae"]["encode_frames_per_s"] > 0 and result["vae"]["decode_frames_per_s"] > 0
+
+
+def test_mfu_peaks_are_the_dense_bf16_figures_of_the_chip():
+  assert bench._peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert bench._peak_tflops("NVIDIA H200") == 989.0
+  assert bench._peak_tflops("NVIDIA A800-SXM4-80GB") == 312.0
+  assert bench._peak_tflops("cpu") is None
 
 
 def test_plan_prints_and_writes_per_device_memory(tmp_path, capsys):
