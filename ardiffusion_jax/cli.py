@@ -21,6 +21,12 @@ def _add_config(parser, default=DEFAULT_CONFIG):
                       metavar="FIELD=VALUE", help="override a config field, e.g. data.num_frames=8")
 
 
+def _add_checkpoints(parser):
+  parser.add_argument("--ckpt", required=True, help="the DiT run folder (or its checkpoints)")
+  parser.add_argument("--vae-ckpt", help="the AR-VAE run that decodes the latents (default: "
+                                         "the one named by the DiT's latents_info.json)")
+
+
 def _add_run_folders(parser):
   parser.add_argument("--workdir", required=True,
                       help="run folder for checkpoints (a local path or gs://...)")
@@ -196,9 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "timestep difference s from 0 (synchronous) to S (autoregressive), video "
                   "continuation and classifier-free guidance. Writes one mp4 per sample, a "
                   "GIF grid, latents.npz and sample.json into --out.")
-  sample.add_argument("--ckpt", required=True, help="the DiT run folder (or its checkpoints)")
-  sample.add_argument("--vae-ckpt", help="the AR-VAE run that decodes the latents (default: "
-                                         "the one named by the DiT's latents_info.json)")
+  _add_checkpoints(sample)
   sample.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
   sample.add_argument("--s", type=int, default=0, help="timestep difference, 0..S (default 0)")
   sample.add_argument("--num", type=int, default=4, help="number of videos (default 4)")
@@ -230,9 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "it grows) as soon as it is final. Without --frames or --seconds it runs "
                   "until Ctrl-C, in constant memory; Ctrl-C leaves a valid mp4 of the frames "
                   "so far. A progress line shows frames/s and the time to the first frame.")
-  stream.add_argument("--ckpt", required=True, help="the DiT run folder (or its checkpoints)")
-  stream.add_argument("--vae-ckpt", help="the AR-VAE run that decodes the latents (default: "
-                                         "the one named by the DiT's latents_info.json)")
+  _add_checkpoints(stream)
   stream.add_argument("--s", type=int, required=True,
                       help="timestep difference, 1..S (0 yields the whole video at once)")
   length = stream.add_mutually_exclusive_group()
