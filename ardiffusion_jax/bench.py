@@ -491,8 +491,6 @@ def _bench_generator(size: str, steps: int, ckpt=None):
 def bench_streaming(argv):
   """`Generator.stream` against `sample` making the same video in one call: time to the
   first frame, steady frames/s and peak memory, by length, s and decoding."""
-  from ardiffusion_jax import generate
-
   parser = argparse.ArgumentParser(prog="bench streaming")
   parser.add_argument("--sizes", default="tiny,small",
                       help="DiT presets, each with the demo's tiny AR-VAE (default tiny,small)")
