@@ -102,13 +102,51 @@ def bench_timesteps(argv):
   return _write(args.out, result)
 
 
-def bench_train_step(argv):
-  """One optimizer step of a small DiT (384 wide, 6 deep, 6 heads) on 16x32x4 latents."""
-  from ardiffusion_jax import config as config_lib
+def _time_train_step(config, batch: int, steps: int) -> dict:
+  """Compiles `config`'s DiT training step on one device for `batch` normalised random
+  latents, runs one warm-up and `steps` timed steps: s/step, tokens/s, FLOPs from
+  `cost_analysis`, compile time, the last loss, parameters and XLA's memory plan."""
   from ardiffusion_jax.models import dit
   from ardiffusion_jax.train import dit as train_dit
   from ardiffusion_jax.train import sharding
   from ardiffusion_jax.train import state as state_lib
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  model = dit.dit_from_config(config.dit)
+  tx = state_lib.make_optimizer(config.train)
+  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.key(0),
+                                                  model.example_inputs())
+  latents = np.random.default_rng(0).normal(size=model.example_inputs(batch)[0].shape)
+  data = sharding.global_batch(
+      {"latents": (latents / np.linalg.norm(latents, axis=-1, keepdims=True)).astype(np.float32)},
+      mesh)
+  with sharding.mesh_context(mesh):
+    step = train_dit.jit_train_step(model, tx, config, shardings, mesh)
+    started = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - started
+    state, metrics = compiled(state, data)  # warm-up
+    jax.block_until_ready(metrics)
+    started = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - started) / steps
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  memory = compiled.memory_analysis()
+  return {"s_per_step": seconds,
+          "tokens_per_s": batch * model.num_frames * model.tokens_per_frame / seconds,
+          "flops_per_step": float(cost.get("flops", float("nan"))), "compile_s": compile_s,
+          "loss": float(metrics["loss"]),
+          "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+          "xla_temp_bytes": int(memory.temp_size_in_bytes),
+          "xla_argument_bytes": int(memory.argument_size_in_bytes)}
+
+
+def bench_train_step(argv):
+  """One optimizer step of a small DiT (384 wide, 6 deep, 6 heads) on 16x32x4 latents."""
+  from ardiffusion_jax import config as config_lib
+  from ardiffusion_jax.models import dit
 
   parser = argparse.ArgumentParser(prog="bench train_step")
   parser.add_argument("--variant", default="official", choices=tuple(dit.VARIANTS))
@@ -127,36 +165,15 @@ def bench_train_step(argv):
       f"dit.num_frames={args.frames}", f"train.batch_size={args.batch}", "dit.num_classes=0",
       f"dit.attention_chunks={args.attention_chunks}",
       "dit.scan_layers=False"])  # unrolled: cost_analysis counts a scanned body once
-  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  model = dit.dit_from_config(config.dit)
-  tx = state_lib.make_optimizer(config.train)
-  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.key(0),
-                                                  model.example_inputs())
-  rng = np.random.default_rng(0)
-  latents = rng.normal(size=model.example_inputs(args.batch)[0].shape).astype(np.float32)
-  batch = sharding.global_batch({"latents": latents / np.linalg.norm(latents, axis=-1, keepdims=True)},
-                                mesh)
-  with sharding.mesh_context(mesh):
-    step = train_dit.jit_train_step(model, tx, config, shardings, mesh)
-    compile_start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_seconds = time.perf_counter() - compile_start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    state, metrics = step(state, batch)  # warm-up
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / args.steps
-  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  figures = _time_train_step(config, args.batch, args.steps)
+  seconds, params, compile_seconds = (figures["s_per_step"], figures["params"],
+                                      figures["compile_s"])
   result = {
       "benchmark": "train_step", "variant": args.variant, "size": args.size,
       "batch": args.batch, "frames": args.frames, "dtype": args.dtype, "params": params,
       "attention_chunks": args.attention_chunks,
-      "s_per_step": seconds, "tokens_per_s": args.batch * args.frames * 32 / seconds,
-      "flops_per_step": float(cost.get("flops", float("nan"))), "compile_s": compile_seconds,
+      "s_per_step": seconds, "tokens_per_s": figures["tokens_per_s"],
+      "flops_per_step": figures["flops_per_step"], "compile_s": compile_seconds,
       "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
       "jax": jax.__version__,
   }
@@ -620,51 +637,6 @@ def _paper_config(size: str, variant: str, batch: int):
       f"train.batch_size={batch}", "mesh.fsdp=1", "mesh.data=1", "dit.scan_layers=False"])
 
 
-def _train_step(config, batch: int):
-  """(compiled step, state, batch arrays, its lowering) for `config` on one device."""
-  from ardiffusion_jax.models import dit
-  from ardiffusion_jax.train import dit as train_dit
-  from ardiffusion_jax.train import sharding
-  from ardiffusion_jax.train import state as state_lib
-  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  model = dit.dit_from_config(config.dit)
-  tx = state_lib.make_optimizer(config.train)
-  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.key(0),
-                                                  model.example_inputs())
-  latents = np.random.default_rng(0).normal(size=model.example_inputs(batch)[0].shape)
-  latents = (latents / np.linalg.norm(latents, axis=-1, keepdims=True)).astype(np.float32)
-  data = sharding.global_batch({"latents": latents}, mesh)
-  with sharding.mesh_context(mesh):
-    lowered = train_dit.jit_train_step(model, tx, config, shardings, mesh).lower(state, data)
-    compiled = lowered.compile()
-  return compiled, state, data, mesh
-
-
-def _time_train_step(size: str, variant: str, batch: int, steps: int) -> dict:
-  from ardiffusion_jax.train import sharding
-  config = _paper_config(size, variant, batch)
-  started = time.perf_counter()
-  compiled, state, data, mesh = _train_step(config, batch)
-  compile_s = time.perf_counter() - started
-  with sharding.mesh_context(mesh):
-    state, metrics = compiled(state, data)
-    jax.block_until_ready(metrics)
-    started = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = compiled(state, data)
-    jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - started) / steps
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  spec = ACCELERATOR_SIZES[size]
-  return {"s_per_step": seconds, "tokens_per_s": batch * spec["frames"] * 32 / seconds,
-          "flops_per_step": float(cost.get("flops", float("nan"))),
-          "compile_s": compile_s, "loss": float(metrics["loss"]),
-          "xla_temp_bytes": int(memory.temp_size_in_bytes),
-          "xla_argument_bytes": int(memory.argument_size_in_bytes)}
-
-
 def _largest_batch(size: str, variant: str, planned: dict, capacity):
   """The largest batch whose training step ran: `ardiff plan`'s peaks at `planned`'s
   batch and twice it give bytes per sample and a first guess at 95% of the capacity; a
@@ -680,7 +652,7 @@ def _largest_batch(size: str, variant: str, planned: dict, capacity):
   guess = int((0.95 * capacity - fixed) // max(per_sample, 1))
   for _ in range(4):
     try:
-      _time_train_step(size, variant, guess, 1)
+      _time_train_step(_paper_config(size, variant, guess), guess, 1)
       return guess, (f"planned {per_sample / 2**20:.0f} MiB a sample and "
                      f"{fixed / 2**30:.1f} GiB fixed; ran")
     except Exception as error:  # noqa: BLE001  (only out-of-memory moves the guess)
@@ -857,7 +829,8 @@ def bench_accelerator(argv):
   if part("train"):
     result["train"] = {}
     for variant in ("official", "clean"):
-      figures = _time_train_step(args.size, variant, spec["batch"], spec["train_steps"])
+      figures = _time_train_step(_paper_config(args.size, variant, spec["batch"]),
+                                 spec["batch"], spec["train_steps"])
       achieved = figures["flops_per_step"] / figures["s_per_step"]
       figures["tflops_per_s"] = achieved / 1e12
       figures["mfu"] = None if peak is None else achieved / (peak * 1e12)
