@@ -81,12 +81,26 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides):
         raise ConfigError(".".join(parents[:depth + 1]),
                           f"is a value, not a section, so {key!r} cannot be set")
     if leaf not in node:
-      raise ConfigError(key, f"no field {leaf!r} in the config")
+      if leaf not in _model_fields(parents):
+        raise ConfigError(key, f"no field {leaf!r} in the config")
+      node[leaf] = value  # a model field the config leaves to its size preset
+      continue
     _check_override_value(key, node[leaf], value)
     try:
       node[leaf] = value  # ConfigDict keeps field types: int -> float is fine, str -> int is not.
     except (TypeError, ValueError) as error:
       raise ConfigError(key, str(error)) from error
+
+
+def _model_fields(section) -> frozenset:
+  """The fields of the module a top-level `dit` or `vae` section builds: the section may
+  set any of them over its size preset (`models.module_from_config`), so an override may
+  too, e.g. `dit.depth=4` on a config that only names `dit.size`."""
+  if len(section) != 1 or section[0] not in ("dit", "vae"):
+    return frozenset()
+  from ardiffusion_jax.models import ar_vae, dit  # flax, only for these sections
+  module = {"dit": dit.DiT, "vae": ar_vae.ARVAE}[section[0]]
+  return frozenset(module.__dataclass_fields__) - {"parent", "name"}
 
 
 def _check_override_value(key: str, current, value):

@@ -396,8 +396,14 @@ class Stream:
   j >= 1 runs the s rows after which frame c + j is final. At s = 0 there is one chunk,
   after which every frame is. `start` and `advance` are pure and jittable; `rows(j)`,
   `base(j)` and `finished(j)` are the host's bookkeeping.
+
+  The AD plan is shift-invariant away from the video's ends: row r + s at frame f + 1 is
+  row r at frame f. So the plan held is a short template (`_template_frames`), not the
+  whole video's [R, F] matrices, which would grow with the product of the two: chunk 1
+  repeats a frame on for every steady chunk, and the template's last chunks, moved to
+  the video's end, are the finite video's last ones (where its window stops moving).
   """
-  plan: Plan  # finite: the whole video's plan; unbounded: a template whose chunk 1 repeats
+  plan: Plan  # the whole video's when it is no longer than the template, else the template
   max_frames: Optional[int]
   context_frames: int
   s: int
@@ -419,12 +425,16 @@ class Stream:
     return (0, num_steps) if j == 0 else (num_steps + (j - 1) * self.s, num_steps + j * self.s)
 
   def rows(self, j: int) -> Rows:
-    """The plan rows of chunk j (numpy)."""
-    if self.max_frames is not None or j <= 1:
-      return plan_rows(self.plan, *self._row_range(j))
-    begin, end = self._row_range(1)
-    rows = plan_rows(self.plan, begin, end, shift=j - 1)
-    return rows._replace(row=rows.row + (j - 1) * self.s)
+    """The plan rows of chunk j (numpy): the held plan's chunk j, or a template chunk
+    moved `shift` frames (and s rows a frame) on."""
+    if self.plan.num_frames == self.max_frames or j <= 1:
+      source, shift = j, 0
+    else:
+      # Chunks 2..beyond repeat chunk 1; past them come the template's own later chunks.
+      beyond = math.inf if self.max_frames is None else self.max_frames - self.plan.num_frames
+      source, shift = (1, j - 1) if j <= beyond else (j - beyond, beyond)
+    rows = plan_rows(self.plan, *self._row_range(source), shift=shift)
+    return rows._replace(row=rows.row + shift * self.s)
 
   def base(self, j: int) -> int:
     """The absolute frame of the buffer's first slot during chunk j."""
@@ -473,6 +483,12 @@ class Stream:
                        state.key_noise)
 
 
+def _template_frames(model, grid: diffusion.DDIMGrid, s: int, context_frames: int) -> int:
+  """The frames of a stream's template plan: enough that its chunk 1 runs before the
+  window stops at the template's end and its ring is the model's full window."""
+  return max(context_frames + math.ceil(grid.num_steps / s) + 2, model.num_frames)
+
+
 def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int = 0,
                 max_frames: Optional[int] = None, cfg_scale: float = 1.0,
                 eta: float = 0.0) -> Stream:
@@ -480,8 +496,10 @@ def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int 
 
   With `max_frames` the chunks follow `make_sampler`'s plan for that many frames, so the
   frames are bit-identical to `sample`'s on the same key. Without it the stream is
-  unbounded: past the first chunk every chunk is the one before moved a frame on, and the
-  ring cache keeps memory constant. Raises ValueError for what cannot stream.
+  unbounded: past the first chunk every chunk is the one before moved a frame on. Either
+  way the host holds a template plan of a few windows, not the video's, and the device
+  a ring cache, so memory does not grow with the length. Raises ValueError for what
+  cannot stream.
   """
   check_guidance(model, cfg_scale)
   _check_eta(eta)
@@ -502,16 +520,13 @@ def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int 
       raise ValueError(f"an unbounded stream needs temporal RoPE (the clean variant): the "
                        f"official sin-cos table covers {model.num_frames} frames; give "
                        f"max_frames <= {model.num_frames}")
-    # A template long enough that its chunk 1 is not yet clamped at the video's end and
-    # its ring is the model's full window; later chunks repeat chunk 1 a frame on.
-    window = math.ceil(num_steps / s)
-    template = max(context_frames + window + 2, model.num_frames)
-    plan = make_plan(model, grid, template, s, context_frames, "cached")
-  else:
-    if max_frames <= context_frames:
-      raise ValueError(f"max_frames ({max_frames}) must exceed the {context_frames} context "
-                       f"frames")
-    plan = make_plan(model, grid, max_frames, s, context_frames, "cached")
+  elif max_frames <= context_frames:
+    raise ValueError(f"max_frames ({max_frames}) must exceed the {context_frames} context "
+                     f"frames")
+  frames = max_frames
+  if s and (max_frames is None or max_frames > _template_frames(model, grid, s, context_frames)):
+    frames = _template_frames(model, grid, s, context_frames)
+  plan = make_plan(model, grid, frames, s, context_frames, "cached")
   if plan.cache_slots and context_frames > plan.cache_slots:
     raise ValueError(f"a context of {context_frames} frames is longer than the stream's ring "
                      f"of {plan.cache_slots} frames; pass its last {plan.cache_slots} frames "

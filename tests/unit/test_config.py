@@ -3,6 +3,7 @@
 import pytest
 
 from ardiffusion_jax import config as config_lib
+from ardiffusion_jax.models import dit
 from ardiffusion_jax.errors import ArgumentError, ConfigError
 
 
@@ -62,6 +63,15 @@ def test_overrides_keep_types_and_reject_unknown_fields():
   assert config.data.num_frames == 12 and config.diffusion.eta == 1.0
   with pytest.raises(ConfigError, match="no field 'frames'"):
     config_lib.load_config("configs/synthetic.py:smoke", ["data.frames=12"])
+  # A model field the config leaves to the size preset can be set over it, nothing else.
+  deeper = config_lib.load_config("configs/synthetic.py:smoke", ["dit.depth=3",
+                                                                 "dit.hidden_size=96"])
+  model = dit.dit_from_config(deeper.dit)
+  assert (model.depth, model.hidden_size, model.num_heads) == (3, 96, 2)
+  with pytest.raises(ConfigError, match="no field 'depht'"):
+    config_lib.load_config("configs/synthetic.py:smoke", ["dit.depht=3"])
+  with pytest.raises(ConfigError, match="no field 'depth'"):
+    config_lib.load_config("configs/synthetic.py:smoke", ["train.depth=3"])
   with pytest.raises(ConfigError, match="data.num_frames"):
     config_lib.load_config("configs/synthetic.py:smoke", ["data.num_frames='many'"])
   with pytest.raises(ArgumentError, match="overrides: an override must look like field.sub=value"):

@@ -117,6 +117,24 @@ def test_an_unbounded_stream_runs_the_plan_a_frame_on_each_chunk():
   assert int(state.base) == 39 - 1 and np.all(np.isfinite(np.asarray(state.x)))
 
 
+@pytest.mark.parametrize("s,context_frames", [(1, 0), (2, 3), (5, 0), (STEPS, 2)])
+def test_a_long_finite_stream_runs_the_whole_plan_from_a_short_template(s, context_frames):
+  """Every chunk of a 60-frame stream equals the rows of the 60-frame plan, steady and
+  clamped at the end alike, while the stream holds a plan of a few windows only."""
+  model, grid, frames = _model(num_frames=4), _grid(), 60
+  stream = sampling.make_stream(model, grid, s=s, context_frames=context_frames,
+                                max_frames=frames)
+  plan = sampling.make_plan(model, grid, frames, s, context_frames, "cached")
+  assert stream.plan.num_frames < frames / 4
+  assert (stream.window, stream.plan.cache_slots) == (plan.window, plan.cache_slots)
+  for j in range(stream.num_chunks):
+    begin, end = (0, STEPS) if j == 0 else (STEPS + (j - 1) * s, STEPS + j * s)
+    for field, ours, theirs in zip(sampling.Rows._fields, stream.rows(j),
+                                   sampling.plan_rows(plan, begin, end)):
+      np.testing.assert_array_equal(ours, theirs, err_msg=f"chunk {j}, {field}")
+  assert end == plan.rows
+
+
 def test_s0_yields_the_whole_window_at_once_and_says_so():
   generator = _generator()
   expected, _ = generator.sample_latents(1, 6, 0, seed=2, show_progress=False)
