@@ -84,6 +84,17 @@ def test_stream_with_guidance_and_a_label_is_sample_bit_for_bit():
   np.testing.assert_array_equal(latents, expected[0])
 
 
+def test_a_stochastic_stream_is_sample_bit_for_bit():
+  """eta > 0 draws noise per row and frame: the template's moved chunks must carry the
+  whole plan's row indices for it to match."""
+  generator = _generator()
+  expected, _ = generator.sample_latents(1, 14, 3, seed=5, eta=1.0, show_progress=False)
+  latents, _ = _streamed(generator, 3, 14, seed=5, eta=1.0, decode=False)
+  np.testing.assert_array_equal(latents, expected[0])
+  deterministic, _ = generator.sample_latents(1, 14, 3, seed=5, show_progress=False)
+  assert not np.allclose(latents, deterministic[0])
+
+
 def test_an_unbounded_stream_runs_the_plan_a_frame_on_each_chunk():
   """Without max_frames the chunks after the first repeat the first steady one a frame
   later. Frames the finite plan finishes before its window stops at the video's end are
