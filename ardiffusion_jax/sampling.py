@@ -523,9 +523,10 @@ def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int 
   elif max_frames <= context_frames:
     raise ValueError(f"max_frames ({max_frames}) must exceed the {context_frames} context "
                      f"frames")
-  frames = max_frames
-  if s and (max_frames is None or max_frames > _template_frames(model, grid, s, context_frames)):
-    frames = _template_frames(model, grid, s, context_frames)
+  frames = max_frames  # s = 0: one chunk, the whole window
+  if s:
+    template = _template_frames(model, grid, s, context_frames)
+    frames = template if max_frames is None else min(max_frames, template)
   plan = make_plan(model, grid, frames, s, context_frames, "cached")
   if plan.cache_slots and context_frames > plan.cache_slots:
     raise ValueError(f"a context of {context_frames} frames is longer than the stream's ring "
