@@ -81,8 +81,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides):
         raise ConfigError(".".join(parents[:depth + 1]),
                           f"is a value, not a section, so {key!r} cannot be set")
     if leaf not in node:
-      if leaf not in _model_fields(parents):
+      fields = _model_fields(parents)
+      if leaf not in fields:
         raise ConfigError(key, f"no field {leaf!r} in the config")
+      _check_override_value(key, fields[leaf].default, value)
       node[leaf] = value  # a model field the config leaves to its size preset
       continue
     _check_override_value(key, node[leaf], value)
@@ -92,15 +94,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides):
       raise ConfigError(key, str(error)) from error
 
 
-def _model_fields(section) -> frozenset:
-  """The fields of the module a top-level `dit` or `vae` section builds: the section may
-  set any of them over its size preset (`models.module_from_config`), so an override may
-  too, e.g. `dit.depth=4` on a config that only names `dit.size`."""
+def _model_fields(section) -> dict:
+  """name -> dataclass field of the module a top-level `dit` or `vae` section builds: the
+  section may set any of them over its size preset (`models.module_from_config`), so an
+  override may too, e.g. `dit.depth=4` on a config that only names `dit.size`."""
   if len(section) != 1 or section[0] not in ("dit", "vae"):
-    return frozenset()
+    return {}
   from ardiffusion_jax.models import ar_vae, dit  # flax, only for these sections
   module = {"dit": dit.DiT, "vae": ar_vae.ARVAE}[section[0]]
-  return frozenset(module.__dataclass_fields__) - {"parent", "name"}
+  return {name: field for name, field in module.__dataclass_fields__.items()
+          if name not in ("parent", "name")}
 
 
 def _check_override_value(key: str, current, value):
@@ -301,6 +304,7 @@ def _validate_dit(dit_config):
   _require(model.position != "rope" or head_dim % 2 == 0, "dit.num_heads",
            f"temporal RoPE needs an even head dim, got {head_dim}")
   _require(model.hidden_size % 2 == 0, "dit.hidden_size", "must be even (sin-cos positions)")
+  _require(model.depth >= 1, "dit.depth", f"must be >= 1, got {model.depth}")
   _require(model.num_frames >= 1, "dit.num_frames", f"must be >= 1, got {model.num_frames}")
   _require(model.num_classes >= 0, "dit.num_classes", f"must be >= 0, got {model.num_classes}")
   _require(model.attention_chunks >= 1 and model.num_frames % model.attention_chunks == 0,

@@ -68,6 +68,14 @@ def test_overrides_keep_types_and_reject_unknown_fields():
                                                                  "dit.hidden_size=96"])
   model = dit.dit_from_config(deeper.dit)
   assert (model.depth, model.hidden_size, model.num_heads) == (3, 96, 2)
+  with pytest.raises(ConfigError, match="dit.depth: expects an int, got the bool True"):
+    config_lib.load_config("configs/synthetic.py:smoke", ["dit.depth=True"])
+  with pytest.raises(ConfigError, match="dit.depth: must be >= 1, got 0"):
+    config_lib.load_config("configs/synthetic.py:smoke", ["dit.depth=0"])
+  with pytest.raises(ConfigError, match="dit.num_heads: hidden_size 96 is not divisible by "
+                                        "num_heads 5"):
+    config_lib.load_config("configs/synthetic.py:smoke", ["dit.hidden_size=96",
+                                                           "dit.num_heads=5"])
   with pytest.raises(ConfigError, match="no field 'depht'"):
     config_lib.load_config("configs/synthetic.py:smoke", ["dit.depht=3"])
   with pytest.raises(ConfigError, match="no field 'depth'"):
