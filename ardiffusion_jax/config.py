@@ -304,6 +304,9 @@ def _validate_dit(dit_config):
   _require(model.position != "rope" or head_dim % 2 == 0, "dit.num_heads",
            f"temporal RoPE needs an even head dim, got {head_dim}")
   _require(model.hidden_size % 2 == 0, "dit.hidden_size", "must be even (sin-cos positions)")
+  _require(model.token_patch >= 1 and model.tokens_per_frame % model.token_patch == 0,
+           "dit.token_patch", f"must be >= 1 and divide tokens_per_frame="
+                              f"{model.tokens_per_frame}, got {model.token_patch}")
   _require(model.depth >= 1, "dit.depth", f"must be >= 1, got {model.depth}")
   _require(model.num_frames >= 1, "dit.num_frames", f"must be >= 1, got {model.num_frames}")
   _require(model.num_classes >= 0, "dit.num_classes", f"must be >= 0, got {model.num_classes}")

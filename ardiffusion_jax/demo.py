@@ -129,7 +129,8 @@ def _clips(source) -> np.ndarray:
 
 
 def sampling_stage(config, workdir: pathlib.Path) -> dict:
-  """Samples at every s and the long videos; decodes; scores physics against held-out
+  """Samples at every s and the long videos (labels cycled through the classes when
+  demo.class_conditional); decodes; scores physics against held-out
   real clips, novelty against the training clips, and the long videos window by window.
   A setting whose sample.json exists is not redone."""
   generator = generate.Generator.from_checkpoint(workdir / "dit", vae_ckpt=workdir / "vae")
@@ -139,6 +140,8 @@ def sampling_stage(config, workdir: pathlib.Path) -> dict:
               for s in config.sample.s_values]
   settings += [(f"long_{demo.long_frames}f_s{s}", demo.long_frames, s, demo.long_videos)
                for s in demo.long_s]
+  classes = generator.model.num_classes if demo.class_conditional else 0
+  labels = lambda num: np.arange(num) % classes if classes else None
   training = None  # rendered once, when a clip-length setting is first scored
   results = {}
   for name, frames, s, num in settings:
@@ -147,7 +150,8 @@ def sampling_stage(config, workdir: pathlib.Path) -> dict:
     if summary_file.exists():
       results[name] = json.loads(summary_file.read_text())
       continue
-    latents, timing = generator.sample_latents(num, frames, s, batch_size=num, seed=config.seed)
+    latents, timing = generator.sample_latents(num, frames, s, batch_size=num, seed=config.seed,
+                                               label=labels(num))
     videos = generator.decode(latents, batch_size=demo.decode_batch)
     # Physics over windows as long as the real clips it is compared with.
     usable = frames - frames % window
@@ -160,7 +164,9 @@ def sampling_stage(config, workdir: pathlib.Path) -> dict:
     else:
       extra["windows"] = physics.per_window(videos[:, :usable], window)
     results[name] = generate.write_outputs(out, videos, latents,
-                                           dict(frames=frames, s=s, num=num, **extra, **timing),
+                                           dict(frames=frames, s=s, num=num,
+                                                labels="cycled" if classes else "null",
+                                                **extra, **timing),
                                            grid_videos=demo.grid_videos)
   long_runs = {name: r["windows"] for name, r in results.items() if "windows" in r}
   if long_runs:

@@ -193,7 +193,7 @@ def _denoiser(model, variables, cfg_scale: float, attention_window):
 
 def _empty_cache(model, batch: int, slots: int, dtype) -> KVCache:
   head_dim = model.hidden_size // model.num_heads
-  shape = (batch, slots * model.tokens_per_frame, model.num_heads, head_dim)
+  shape = (batch, slots * model.frame_tokens, model.num_heads, head_dim)
   empty = tuple(jnp.zeros(shape, dtype) for _ in range(model.depth))
   return KVCache(empty, empty, jnp.full((slots,), EMPTY_SLOT, jnp.int32))
 
@@ -289,7 +289,7 @@ class _Steps:
   def prefill(self, predict, cache, x, label, count: int) -> KVCache:
     """Writes frames 0..count-1 (the context; the store starts at frame 0) in chunks that
     never wrap the ring."""
-    tokens, slots = self.model.tokens_per_frame, self.plan.cache_slots
+    tokens, slots = self.model.frame_tokens, self.plan.cache_slots
     for first in range(0, count, slots):
       n = min(slots, count - first)
       cache = _write(cache, self.frame_kv(predict, cache, x, 0, label, first, n), first,
@@ -298,7 +298,7 @@ class _Steps:
 
   def run(self, predict, key_noise, x, base, label, cache, rows: Rows):
     """Runs `rows` over the store; returns (x, cache)."""
-    tokens, window_size = self.model.tokens_per_frame, self.plan.window
+    tokens, window_size = self.model.frame_tokens, self.plan.window
     batch_size = x.shape[0]
     per_frame = lambda a: a[None, :, None, None]
 

@@ -129,9 +129,14 @@ def get_config(arg=None):
   # The causal DiT over [F, 32, 4] latents; sizes from models/dit.py PRESETS.
   config.dit = ml_collections.ConfigDict(dict(
       variant="clean",
-      size="tiny",
+      size="demo",
       num_frames=config.data.num_frames,
       tokens_per_frame=config.vae.num_latent_tokens,
+      # A frame's 32 latent tokens as one transformer token: the tiny DiT over every latent
+      # token (64 wide, 2 deep) did not carry a frame's balls to the next in the demo's
+      # budget, and this one, 4x wider, 2x deeper and cheaper a step, does
+      # (docs/experiments/dit.md, 2026-12-03 evening).
+      token_patch=config.vae.num_latent_tokens,
       in_channels=config.vae.token_dim,
       num_classes=config.data.max_balls - config.data.min_balls + 1,  # label = balls - min
       # Scanned even at tiny size, though unrolled steps are faster on a CPU: unrolled layers
@@ -183,6 +188,9 @@ def get_config(arg=None):
       long_frames=16 if smoke else 256,  # the long videos (rolling KV cache past 16 frames)
       long_videos=2 if smoke else 8,
       long_s=(2,) if smoke else (5, 50),
+      # Labels cycle through the classes (1, 2, 3 balls), as the data's are uniform; False:
+      # the null label. The class-conditional DiT samples steadier counts with its label.
+      class_conditional=True,
       # Held-out clips: the VAE's PSNR and reconstruction physics, the samples' reference.
       real_clips=8 if smoke else 64,
   ))

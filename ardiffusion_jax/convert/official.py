@@ -232,7 +232,8 @@ def dit_config_from_state(state, config):
       state, re.escape(DIT_PREFIX) + r"blocks\.(\d+)\.attn\.qkv\.weight"), num_heads=heads,
                     mlp_ratio=mlp / hidden, in_channels=channels, num_frames=positions // tokens,
                     num_classes=num_classes, context_tokens=context_tokens,
-                    context_dim=context_dim, dtype="float32", remat=False)
+                    context_dim=context_dim, dtype="float32", remat=False,
+                    token_patch=1)  # the authors' DiT: one latent token per DiT token
   config.data.num_frames = config.sample.num_frames = positions // tokens
   config.diffusion.ddim_grid = "official"
   if hidden % heads:

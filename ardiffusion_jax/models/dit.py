@@ -14,6 +14,9 @@ flag so ablations can isolate it (docs/architecture.md):
 | class conditioning | fixed `class_emb` rows as context | trained embedding + null row, added to t |
 | CFG's null branch | `class_emb[0]`; unconditional: all-zeros context | the null row; unconditional: none |
 
+`token_patch` (either variant; the authors' is 1) groups a frame's latent tokens p at a
+time into one transformer token, DiT's patch size over the 1D token axis.
+
 Strict causality: with context_tokens = 0 (or context_sees_video = False), the output
 of frame f depends only on frames <= f, their timesteps and the label. Such a model can
 also run on a window of frames with the keys and values of earlier frames from a
@@ -34,6 +37,7 @@ from ardiffusion_jax.models import layers, module_from_config
 PRESETS = {
     "paper": dict(hidden_size=1152, depth=28, num_heads=16),
     "small": dict(hidden_size=384, depth=6, num_heads=6),
+    "demo": dict(hidden_size=256, depth=4, num_heads=4),  # with token_patch = 32: one token a frame
     "tiny": dict(hidden_size=64, depth=2, num_heads=2),
 }
 
@@ -150,6 +154,9 @@ class DiT(nn.Module):
   mlp_ratio: float = 4.0
   in_channels: int = 4
   tokens_per_frame: int = 32
+  # Latent tokens per transformer token: a frame's L tokens of C channels enter as L/p
+  # tokens of p·C (DiT's patch size, over the 1D token axis). 1 is the authors' DiT.
+  token_patch: int = 1
   num_frames: int = 16  # the trained window; sincos_1d positions cover exactly this
   num_classes: int = 0  # 0: unconditional
   residual: str = "adaln_zero"
@@ -201,6 +208,11 @@ class DiT(nn.Module):
             jax.ShapeDtypeStruct((batch,), jnp.int32))
 
   @property
+  def frame_tokens(self) -> int:
+    """The transformer's tokens per frame (what attention and the KV cache hold)."""
+    return self.tokens_per_frame // self.token_patch
+
+  @property
   def strictly_causal(self) -> bool:
     """No token ever sees a later frame (what the cached sampler needs)."""
     return not (self.context_tokens and self.context_sees_video)
@@ -219,8 +231,13 @@ class DiT(nn.Module):
     attention_window: a frame sees only itself and the attention_window - 1 frames
       before it (None: every earlier frame).
     """
-    batch, frames, tokens, channels = x.shape
+    batch, frames, latent_tokens, channels = x.shape
     width = self.hidden_size
+    if latent_tokens % self.token_patch:
+      raise ValueError(f"{latent_tokens} latent tokens per frame do not split into patches of "
+                       f"token_patch={self.token_patch}")
+    tokens = latent_tokens // self.token_patch
+    x = x.reshape(batch, frames, tokens, self.token_patch * channels)
     if label is None:
       label = jnp.full((batch,), self.default_label, jnp.int32)
     if label.ndim == 2 and self.context_tokens:
@@ -301,8 +318,9 @@ class DiT(nn.Module):
       mod = layers.dense((2, width), ("embed", None, "mlp"), "final_adaLN",
                          kernel_init=layers.zeros, dtype=self.dtype)(nn.silu(cond))
       h = modulate(h, mod[:, :, 0, None], mod[:, :, 1, None])
-    out = layers.dense(channels, ("embed", None), "final_layer", kernel_init=layers.zeros,
-                       dtype=self.dtype)(h).astype(jnp.float32)
+    out = layers.dense(self.token_patch * channels, ("embed", None), "final_layer",
+                       kernel_init=layers.zeros, dtype=self.dtype)(h).astype(jnp.float32)
+    out = out.reshape(batch, frames, latent_tokens, channels)
     return out if cache is None else (out, kv)
 
 

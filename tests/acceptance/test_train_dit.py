@@ -48,7 +48,11 @@ def _run(config, devices, mesh_axes, steps=3):
                                        dict(data=2, fsdp=4, tensor=1),
                                        dict(data=2, fsdp=2, tensor=2)])
 def test_sharded_steps_match_one_device(mesh_axes):
-  config = _config(**{"train.batch_size": 8, "dit.num_classes": 3, "dit.scan_layers": True})
+  # The tiny preset over every latent token: the demo's wider DiT has parameters whose
+  # first gradients sit at float rounding, which Adam turns into full steps of either sign
+  # under another reduction order, so the match would compare rounding, not sharding.
+  config = _config(**{"train.batch_size": 8, "dit.num_classes": 3, "dit.scan_layers": True,
+                      "dit.size": "tiny", "dit.token_patch": 1})
   single, single_losses, _ = _run(config, jax.devices()[:1], dict(data=1, fsdp=1, tensor=1))
   sharded, sharded_losses, shardings = _run(config, jax.devices(), mesh_axes)
   np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
@@ -80,8 +84,8 @@ def test_ema_warmup_follows_the_authors_formula():
   np.testing.assert_allclose(decays, [0.1, 2 / 11, 11 / 20, 0.9999], rtol=1e-6)
 
 
-def test_tiny_dit_learns_and_logs_loss_per_frame():
-  config = _config(**{"train.batch_size": 16, "train.lr": 1e-2, "train.warmup_steps": 5,
+def test_the_dit_learns_and_logs_loss_per_frame():
+  config = _config(**{"train.batch_size": 16, "train.lr": 2e-3, "train.warmup_steps": 5,
                       "train.steps": 100, "train.lr_schedule": "constant"})
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   model = dit.dit_from_config(config.dit)

@@ -37,6 +37,7 @@ def test_dataset_vae_configs_keep_the_authors_optimizer(dataset):
     (["vae_train.proxy_weight=-1.0"], "vae_train.proxy_weight"),
     (["vae_train.ema_decay=1.0"], "vae_train.ema_decay"),
     (["dit.attention_chunks=3"], "dit.attention_chunks"),
+    (["dit.token_patch=3"], "dit.token_patch"),
 ])
 def test_bad_fields_are_named(overrides, field):
   with pytest.raises(ConfigError) as error:
@@ -67,7 +68,7 @@ def test_overrides_keep_types_and_reject_unknown_fields():
   deeper = config_lib.load_config("configs/synthetic.py:smoke", ["dit.depth=3",
                                                                  "dit.hidden_size=96"])
   model = dit.dit_from_config(deeper.dit)
-  assert (model.depth, model.hidden_size, model.num_heads) == (3, 96, 2)
+  assert (model.depth, model.hidden_size, model.num_heads) == (3, 96, 4)
   with pytest.raises(ConfigError, match="dit.depth: expects an int, got the bool True"):
     config_lib.load_config("configs/synthetic.py:smoke", ["dit.depth=True"])
   with pytest.raises(ConfigError, match="dit.depth: must be >= 1, got 0"):

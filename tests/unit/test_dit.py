@@ -152,3 +152,18 @@ def test_chunked_causal_attention_is_exact(variant):
   x3, t3 = x[:, :3], t[:, :3]
   np.testing.assert_allclose(chunked.apply(variables, x3, t3), plain.apply(variables, x3, t3),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_token_patch_groups_latent_tokens_and_stays_causal():
+  """token_patch = 4: each transformer token carries 4 latent tokens (8 per frame); the
+  prediction keeps the latents' shape and the clean variant's strict causality."""
+  model = _tiny("clean", token_patch=4)
+  x, t = _inputs()
+  variables = _randomised(model, x, t)
+  assert model.frame_tokens == TOKENS // 4
+  assert variables["params"]["x_embedder"]["kernel"].shape[0] == 4 * 4  # 4 tokens x 4 channels
+  base = model.apply(variables, x, t)
+  assert base.shape == x.shape
+  changed = model.apply(variables, x.at[:, 2, 5].add(1.0), t)  # one latent token of frame 2
+  np.testing.assert_array_equal(changed[:, :2], base[:, :2])
+  assert np.abs(changed[:, 2] - base[:, 2]).max() > 1e-4

@@ -204,11 +204,12 @@ def test_official_without_the_leak_can_use_the_cache():
   np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("s", [1, 3])
-def test_rolling_cache_matches_full_past_the_trained_window(s):
+@pytest.mark.parametrize("s,token_patch", [(1, 1), (3, 1), (3, 2)])
+def test_rolling_cache_matches_full_past_the_trained_window(s, token_patch):
   """Clean variant, 10 frames from a 4-frame model: both modes use the rolling window
-  (each frame sees the 3 before it), the cache is a 4-slot ring."""
-  model = _model(num_frames=4)
+  (each frame sees the 3 before it), the cache is a 4-slot ring (of 2 transformer tokens
+  a frame with token_patch = 2)."""
+  model = _model(num_frames=4, token_patch=token_patch)
   variables = _variables(model)
   context = sampling.normalize_context(jax.random.normal(jax.random.key(4), (2, 5, TOKENS, 4)))
   for context_frames in (0, 5):
