@@ -143,6 +143,12 @@ def _time_train_step(config, batch: int, steps: int) -> dict:
           "xla_argument_bytes": int(memory.argument_size_in_bytes)}
 
 
+def _add_token_patch(parser):
+  parser.add_argument("--token-patch", type=int, default=1,
+                      help="dit.token_patch: latent tokens per transformer token (default 1, "
+                           "the authors' DiT; the demo's is 32)")
+
+
 def bench_train_step(argv):
   """One optimizer step of a small DiT (384 wide, 6 deep, 6 heads) on 16x32x4 latents."""
   from ardiffusion_jax import config as config_lib
@@ -157,13 +163,14 @@ def bench_train_step(argv):
   parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up")
   parser.add_argument("--attention-chunks", type=int, default=4,
                       help="dit.attention_chunks: skip the masked attention blocks")
+  _add_token_patch(parser)
   parser.add_argument("--out", default="bench_results/train_step.json")
   args = parser.parse_args(argv)
 
   config = config_lib.load_config("configs/synthetic.py:default", [
       f"dit.variant={args.variant!r}", f"dit.size={args.size!r}", f"dit.dtype={args.dtype!r}",
       f"dit.num_frames={args.frames}", f"train.batch_size={args.batch}", "dit.num_classes=0",
-      f"dit.attention_chunks={args.attention_chunks}",
+      f"dit.attention_chunks={args.attention_chunks}", f"dit.token_patch={args.token_patch}",
       "dit.scan_layers=False"])  # unrolled: cost_analysis counts a scanned body once
   figures = _time_train_step(config, args.batch, args.steps)
   seconds, params, compile_seconds = (figures["s_per_step"], figures["params"],
@@ -171,7 +178,7 @@ def bench_train_step(argv):
   result = {
       "benchmark": "train_step", "variant": args.variant, "size": args.size,
       "batch": args.batch, "frames": args.frames, "dtype": args.dtype, "params": params,
-      "attention_chunks": args.attention_chunks,
+      "attention_chunks": args.attention_chunks, "token_patch": args.token_patch,
       "s_per_step": seconds, "tokens_per_s": figures["tokens_per_s"],
       "flops_per_step": figures["flops_per_step"], "compile_s": compile_seconds,
       "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
@@ -296,11 +303,13 @@ def bench_sampling(argv):
                       help="modes for the long video (full evaluates every frame at every row)")
   parser.add_argument("--batch", type=int, default=1, help="videos per sampler call")
   parser.add_argument("--repeats", type=int, default=2, help="timed runs (the minimum counts)")
+  _add_token_patch(parser)
   parser.add_argument("--out", default="bench_results/sampling.json")
   args = parser.parse_args(argv)
 
   config = config_lib.load_config("configs/synthetic.py:default", [
-      f"dit.size={args.size!r}", f"dit.num_frames={args.frames}", "dit.num_classes=0"])
+      f"dit.size={args.size!r}", f"dit.num_frames={args.frames}", "dit.num_classes=0",
+      f"dit.token_patch={args.token_patch}"])
   model = dit.dit_from_config(config.dit)
   example = [jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()]
   variables = nn.meta.unbox(model.init(jax.random.key(0), *example))
@@ -483,10 +492,10 @@ class _PeakMemory:
     self._thread.join()
 
 
-def _bench_generator(size: str, steps: int, ckpt=None):
+def _bench_generator(size: str, steps: int, token_patch: int, ckpt=None):
   """The demo's models (`configs/synthetic.py:default`: the tiny AR-VAE and a DiT of
-  `size`) with random weights, which time as trained ones do; or a trained DiT run and
-  its AR-VAE."""
+  `size` and `token_patch`) with random weights, which time as trained ones do; or a
+  trained DiT run and its AR-VAE."""
   import flax.linen as nn
   import jax.numpy as jnp
 
@@ -495,7 +504,8 @@ def _bench_generator(size: str, steps: int, ckpt=None):
   from ardiffusion_jax.models import ar_vae, dit
   if ckpt:
     return generate.Generator.from_checkpoint(ckpt, sampling_steps=steps)
-  config = config_lib.load_config("configs/synthetic.py:default", [f"dit.size={size!r}"])
+  config = config_lib.load_config("configs/synthetic.py:default", [
+      f"dit.size={size!r}", f"dit.token_patch={token_patch}"])
   init = lambda model, seed: nn.meta.unbox(model.init(
       jax.random.key(seed), *[jnp.zeros(x.shape, x.dtype) for x in model.example_inputs()]))
   model, vae = dit.dit_from_config(config.dit), ar_vae.vae_from_config(config.vae)
@@ -519,12 +529,14 @@ def bench_streaming(argv):
   parser.add_argument("--decode", default="no,yes", help="no, yes or both (no,yes)")
   parser.add_argument("--sample-frames", type=int, default=None,
                       help="longest video `sample` makes for the comparison (default: all)")
+  _add_token_patch(parser)
   parser.add_argument("--out", default="bench_results/streaming.json")
   args = parser.parse_args(argv)
   lengths = sorted(int(f) for f in args.frames.split(","))
   results, rows = [], []
   for size in args.sizes.split(","):
-    generator = _bench_generator(size, args.steps, args.ckpt if size == "tiny" else None)
+    generator = _bench_generator(size, args.steps, args.token_patch,
+                                 args.ckpt if size == "tiny" else None)
     steps = generator.grid.num_steps
     s_values = [steps if s == "S" else int(s) for s in args.s.split(",")]
     # The per-frame decode on its own: the latency streaming adds to every frame.

@@ -172,8 +172,8 @@ def get_config(arg=None):
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   if variant == "paper":
-    config.dit.update(variant="official", size="paper", num_classes=0, remat=True,
-                      dtype="bfloat16")
+    config.dit.update(variant="official", size="paper", token_patch=1, num_classes=0,
+                      remat=True, dtype="bfloat16")
     config.train.update(batch_size=128, lr=2e-4, lr_schedule="constant", warmup_steps=0,
                         ema_decay=0.9999)
     config.mesh.update(data=1, fsdp=-1)

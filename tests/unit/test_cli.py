@@ -51,6 +51,20 @@ def test_timesteps_benchmark_runs_and_writes_json(tmp_path):
   assert bench.main(["nonexistent"]) == 2
 
 
+def test_train_step_benchmark_builds_the_token_patch_it_is_given(tmp_path):
+  out = tmp_path / "train_step.json"
+  results = {}
+  for patch in (1, 32):
+    assert bench.main(["train_step", "--size", "tiny", "--variant", "clean", "--batch", "2",
+                       "--frames", "4", "--steps", "1", "--token-patch", str(patch),
+                       "--out", str(out)]) == 0
+    results[patch] = json.loads(out.read_text())
+  assert results[32]["token_patch"] == 32 and results[1]["token_patch"] == 1
+  # One embedding of 32 tokens x 4 channels and a head back to them: more parameters.
+  assert results[32]["params"] > results[1]["params"]
+  assert results[1]["s_per_step"] > 0 and results[32]["s_per_step"] > 0
+
+
 def test_sampling_benchmark_times_both_modes_and_the_matmul_floor(tmp_path):
   out = tmp_path / "sampling.json"
   assert bench.main(["sampling", "--size", "tiny", "--steps", "4", "--frames", "4",

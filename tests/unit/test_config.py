@@ -24,6 +24,16 @@ def test_dataset_vae_configs_keep_the_authors_optimizer(dataset):
   assert config_lib.config_from_file("configs/synthetic.py", "vae").vae_train.ema_decay > 0
 
 
+@pytest.mark.parametrize("dataset", ["synthetic", "ucf101", "sky", "taichi", "faceforensics"])
+def test_the_paper_dit_configs_keep_one_latent_token_a_transformer_token(dataset):
+  # The demo's DiT groups a frame's 32 tokens (token_patch = 32); the authors' must not.
+  variant = "paper" if dataset == "synthetic" else "dit"
+  model = dit.dit_from_config(config_lib.config_from_file(f"configs/{dataset}.py", variant).dit)
+  assert (model.token_patch, model.hidden_size, model.depth) == (1, 1152, 28)
+  demo = dit.dit_from_config(config_lib.config_from_file("configs/synthetic.py", "default").dit)
+  assert demo.token_patch == 32 and demo.frame_tokens == 1
+
+
 @pytest.mark.parametrize("overrides,field", [
     (["data.num_frames=0"], "data.num_frames"),
     (["vae.patch_size=7"], "vae.patch_size"),

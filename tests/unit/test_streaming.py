@@ -77,7 +77,8 @@ def test_a_streamed_video_is_sample_bit_for_bit(s, context_frames):
 
 
 def test_stream_with_guidance_and_a_label_is_sample_bit_for_bit():
-  generator = _generator(num_classes=3)
+  """The demo's kind of DiT: class-conditional, several latent tokens a transformer token."""
+  generator = _generator(num_classes=3, token_patch=2)
   expected, _ = generator.sample_latents(1, 10, 2, seed=1, label=2, cfg_scale=2.0,
                                          show_progress=False)
   latents, _ = _streamed(generator, 2, 10, seed=1, label=2, cfg=2.0, decode=False)
