@@ -139,7 +139,7 @@ def get_config(arg=None):
       token_patch=config.vae.num_latent_tokens,
       in_channels=config.vae.token_dim,
       num_classes=config.data.max_balls - config.data.min_balls + 1,  # label = balls - min
-      # Scanned even at tiny size, though unrolled steps are faster on a CPU: unrolled layers
+      # Scanned, though unrolled steps are faster on a CPU at small sizes: unrolled layers
       # draw other initial weights, and the demo was measured scanned (docs/experiments/dit.md).
       scan_layers=True,
       remat=False,
@@ -189,7 +189,8 @@ def get_config(arg=None):
       long_videos=2 if smoke else 8,
       long_s=(2,) if smoke else (5, 50),
       # Labels cycle through the classes (1, 2, 3 balls), as the data's are uniform; False:
-      # the null label. The class-conditional DiT samples steadier counts with its label.
+      # the null label. The demo's DiT learns its label, and samples steadier counts with it
+      # (docs/experiments/dit.md, 2026-12-03 evening).
       class_conditional=True,
       # Held-out clips: the VAE's PSNR and reconstruction physics, the samples' reference.
       real_clips=8 if smoke else 64,
