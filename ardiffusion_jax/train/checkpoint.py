@@ -12,6 +12,7 @@ fallback.
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -58,6 +59,33 @@ def _quiet_closed_loop_reports():
 
   hook.ardiff_quiet = True
   sys.unraisablehook = hook
+
+
+class _UnretrievedReadFilter(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" reports of reads inside the
+  step folders in `folders`: when one read of a broken step fails, orbax stops waiting
+  and the step's other failed reads are reported (with a traceback) when their tasks are
+  collected, under the one line that already says the step was skipped."""
+
+  def __init__(self):
+    super().__init__()
+    self.folders = set()
+
+  def filter(self, record):
+    if not record.getMessage().startswith("Task exception was never retrieved"):
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not any(folder in str(error) for folder in self.folders)
+
+
+_UNRETRIEVED_READS = _UnretrievedReadFilter()
+
+
+def _quiet_unretrieved_reads(step_folder):
+  _UNRETRIEVED_READS.folders.add(f"{step_folder}{os.sep}")
+  asyncio_log = logging.getLogger("asyncio")
+  if _UNRETRIEVED_READS not in asyncio_log.filters:
+    asyncio_log.addFilter(_UNRETRIEVED_READS)
 
 
 def _every_process(ok: bool) -> bool:
@@ -122,6 +150,7 @@ class Checkpointer:
       except Exception as failure:  # orbax and tensorstore raise bare Exceptions
         result, error = None, failure
         _quiet_closed_loop_reports()
+        _quiet_unretrieved_reads(self.directory / str(step))
       if _every_process(error is None):
         return step, result
       skipped.append(step)

@@ -202,3 +202,23 @@ def test_load_run_names_the_kind_and_checks_dit_weights_fit(smoke_dit_run, tmp_p
   with pytest.raises(CheckpointError, match=r"do not fit the DiT its saved config builds now "
                                             r"\(\d+ differences: params/blocks"):
     runs.load_run(tmp_path / "deeper", "dit")
+
+
+def test_unretrieved_read_reports_of_a_skipped_step_are_dropped_and_no_others(tmp_path):
+  """After a step is found unreadable, asyncio's late "never retrieved" report of another
+  failed read in that step's folder is dropped; the same report elsewhere still shows."""
+  import logging
+  from ardiffusion_jax.train import checkpoint as checkpoint_lib
+  skipped = tmp_path / "checkpoints" / "6"
+  checkpoint_lib._quiet_unretrieved_reads(skipped)
+  asyncio_log = logging.getLogger("asyncio")
+
+  def record(path):
+    error = ValueError(f'OUT_OF_RANGE: Error reading local file "{path}/state/d/0"')
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                             "Task exception was never retrieved", (), (ValueError, error, None))
+
+  assert not asyncio_log.filter(record(skipped))
+  assert asyncio_log.filter(record(tmp_path / "checkpoints" / "60"))  # not the skipped step
+  other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "something else", (), None)
+  assert asyncio_log.filter(other)
