@@ -43,7 +43,7 @@ def _one_line(error: BaseException, limit: int = 240) -> str:
 
 
 def _quiet_closed_loop_reports():
-  """After a read fails, tensorstore still finishes the step's other reads and calls back
+  """When a read fails, tensorstore still finishes the step's other reads and calls back
   into orbax's asyncio loop, which is closed by then; each callback would print a
   traceback ("Event loop is closed", as an unraisable exception) under the one line that
   already says the step was skipped. Drops just those; anything else still reaches the
@@ -142,6 +142,9 @@ class Checkpointer:
     aside; (None, None) when there is no step at all. `read` raises CheckpointError for
     a readable step that is wrong for the caller: that stops the search."""
     skipped = []
+    # Before the first read: a failing read's callbacks can reach the closed loop before
+    # the read itself raises.
+    _quiet_closed_loop_reports()
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         result, error = read(step), None
@@ -149,7 +152,6 @@ class Checkpointer:
         raise
       except Exception as failure:  # orbax and tensorstore raise bare Exceptions
         result, error = None, failure
-        _quiet_closed_loop_reports()
         _quiet_unretrieved_reads(self.directory / str(step))
       if _every_process(error is None):
         return step, result
