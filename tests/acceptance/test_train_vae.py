@@ -28,6 +28,7 @@ def _config(variant="vae_smoke", **changes):
 
 def test_frame_stage_reconstruction_loss_falls_at_64px(tmp_path):
   config = _config("vae", **{"vae_train.batch_size": 4, "vae_train.steps": 120,
+                             "vae_train.lr": 1e-3, "vae_train.warmup_steps": 0,
                              "vae_train.disc_start": -1, "vae_train.checkpoint_every": 1000,
                              "vae_train.log_every": 1, "mesh.data": 1})
   train_vae.train(config, str(tmp_path), devices=jax.devices()[:1])
