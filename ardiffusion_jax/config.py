@@ -285,6 +285,8 @@ def _validate_vae_train(train, data, vae, mesh_shape):
            f"expected 'l1' (the authors') or 'l2', got {train.get('pixel_loss')!r}")
   proxy_weight = train.get("proxy_weight", 0.0)
   _require(proxy_weight >= 0, "vae_train.proxy_weight", f"must be >= 0, got {proxy_weight}")
+  chroma_weight = train.get("chroma_weight", 0.0)
+  _require(chroma_weight >= 0, "vae_train.chroma_weight", f"must be >= 0, got {chroma_weight}")
   _require(proxy_weight == 0 or vae.get("proxy_head", False), "vae_train.proxy_weight",
            "needs vae.proxy_head = True (the head whose loss it weights)")
   _validate_loop_fields(train, "vae_train")

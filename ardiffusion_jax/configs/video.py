@@ -45,7 +45,8 @@ def video_dataset_config(dataset: str, variant, *, num_classes: int = 0, vae_lr:
     config.vae.update(variant="official", size="paper", patch_size=16, channel_mult=(1, 1, 2, 2, 4),
                       proxy_head=False)
     # The authors' recipe (their VAE training scripts): AdamW (0.9, 0.999), no EMA.
-    config.vae_train.update(pixel_loss="l1", proxy_weight=0.0, disc_lr=vae_lr, batch_size=32,
+    config.vae_train.update(pixel_loss="l1", proxy_weight=0.0, chroma_weight=0.0,
+                            disc_lr=vae_lr, batch_size=32,
                             lr=vae_lr if variant == "vae" else 1e-6, b2=0.999, ema_decay=0.0)
     if variant == "vae":
       config.vae_train.disc_start = disc_start

@@ -1,7 +1,8 @@
 """AR-VAE training in the paper's three stages, on the shared loop (`train/loop.py`).
 
 Stage 1 (frames): L1 (or MSE, `vae_train.pixel_loss`) + perceptual reconstruction of
-single frames through the sampled, normalised latent, plus `vae_train.proxy_weight` times
+single frames through the sampled, normalised latent, plus `vae_train.chroma_weight` times
+the same loss on the frames' chroma (`chroma`), plus `vae_train.proxy_weight` times
 the proxy head's MSE when the model has one (`vae.proxy_head`). Stage 2: from
 `vae_train.disc_start` the PatchGAN joins; odd steps train the discriminator only and
 even steps the generator, whose adversarial term is weighted by the ratio of gradient
@@ -101,6 +102,13 @@ def phase_of(step: int, disc_start: int) -> str:
   return "discriminator" if step % 2 else "generator_gan"
 
 
+def chroma(images):
+  """Each pixel's colour less its grey level (the mean of its channels): what the
+  `vae_train.chroma_weight` term compares, so it scores hue and saturation, not
+  brightness."""
+  return images - jnp.mean(images, axis=-1, keepdims=True)
+
+
 def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=None):
   """The pure VAE step `(state, batch, phase) -> (state, metrics)` (phase from
   `phase_of`, static); batch['video'] is uint8 [B, T, H, W, 3]."""
@@ -110,11 +118,15 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
 
   squared = train_config.get("pixel_loss", "l1") == "l2"
   proxy_weight = train_config.get("proxy_weight", 0.0)
+  chroma_weight = train_config.get("chroma_weight", 0.0)
   max_ema_decay = train_config.get("ema_decay", 0.0)
 
   def nll_of(video, recon):
     l1 = jnp.mean(jnp.abs(video - recon))
     pixel = jnp.mean(jnp.square(video - recon)) if squared else l1
+    if chroma_weight > 0:  # the pixel loss's own kind of error, on the chroma
+      error = jnp.square if squared else jnp.abs
+      pixel = pixel + chroma_weight * jnp.mean(error(chroma(video) - chroma(recon)))
     perceptual = jnp.zeros(())
     if perceptual_fn is not None:
       flat = lambda v: v.reshape((-1,) + v.shape[2:])

@@ -45,6 +45,7 @@ def test_the_paper_dit_configs_keep_one_latent_token_a_transformer_token(dataset
     (["vae_train.pixel_loss='l3'"], "vae_train.pixel_loss"),
     (["vae.proxy_head=False"], "vae_train.proxy_weight"),  # a weight for a missing head
     (["vae_train.proxy_weight=-1.0"], "vae_train.proxy_weight"),
+    (["vae_train.chroma_weight=-0.5"], "vae_train.chroma_weight"),
     (["vae_train.ema_decay=1.0"], "vae_train.ema_decay"),
     (["dit.attention_chunks=3"], "dit.attention_chunks"),
     (["dit.token_patch=3"], "dit.token_patch"),
