@@ -72,8 +72,8 @@ def get_config(arg=None):
       # as 32 at a fraction of the cost; 8 falls behind per step by more than its extra
       # steps make up (docs/experiments/tokenizer.md).
       batch_size=8 if smoke else 16,
-      # default: the demo's budget (held-out PSNR at seed 0: 24.2 dB at 2,000 steps, 25.9 at
-      # 3,000, still climbing; docs/experiments/tokenizer.md, 2026-12-04).
+      # default: the demo's budget. Held-out PSNR at seed 0: 24.2 dB at 2,000 steps, 27.1
+      # at 4,000, still climbing (docs/experiments/tokenizer.md, docs/results.md).
       steps={"smoke": 20, "vae_smoke": 20, "default": 4000}.get(variant, 3000),
       clip_frames=config.data.num_frames if causal else 1,
       # From scratch the tiny tokenizer first sits at the mean image: a constant 2e-3 or
@@ -104,7 +104,8 @@ def get_config(arg=None):
       weight_decay=1e-4,
       grad_clip=1.0,
       # -1: no discriminator. The demo (default) stops where its adversarial stage would start.
-      disc_start=-1 if causal else {"smoke": 10, "vae_smoke": 10, "default": 4000}.get(variant, 2000),
+      disc_start=-1 if causal else {"smoke": 10, "vae_smoke": 10,
+                                    "default": 4000}.get(variant, 2000),
       disc_weight=0.1,
       perceptual_weight=1.0,
       lpips_weights="",  # LPIPS + VGG-16 .npz (ardiff convert lpips); empty: no perceptual loss
