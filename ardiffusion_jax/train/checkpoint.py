@@ -193,7 +193,10 @@ class Checkpointer:
       if differences:
         raise CheckpointError(
             f"checkpoint {self.directory / str(step)} does not match the model and optimizer "
-            f"in the config ({len(differences)} differences: {'; '.join(differences[:4])})")
+            f"in the config ({len(differences)} differences: {'; '.join(differences[:4])}); "
+            f"a run resumes only under the config it was started with (a learning-rate "
+            f"warmup, for one, adds a step count to the optimizer state): train into a new "
+            f"workdir, or restore that config")
       items = {"state": ocp.args.StandardRestore(abstract_state)}
       if data_iterator is not None:
         items["data"] = grain_checkpoint.CheckpointRestore(data_iterator)

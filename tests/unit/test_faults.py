@@ -135,7 +135,9 @@ def test_restoring_into_another_model_is_an_error_not_a_fallback(tmp_path):
   checkpointer = Checkpointer(tmp_path, async_save=False)
   with pytest.raises(CheckpointError, match=r"checkpoint .*2 does not match the model and "
                                             r"optimizer in the config \(3 differences: c missing; "
-                                            r"b not in the model; w is \(4, 4\), the model's \(4, 5\)\)"):
+                                            r"b not in the model; w is \(4, 4\), the model's \(4, 5\)\); "
+                                            r"a run resumes only under the config it was started "
+                                            r"with .*train into a new workdir"):
     checkpointer.restore(abstract)
   assert checkpointer.manager.all_steps() == [1, 2] and not (tmp_path / "unreadable").exists()
   right = {"w": abstract["w"].update(shape=(4, 4)), "b": abstract["c"]}
