@@ -67,14 +67,15 @@ def get_config(arg=None):
 
   # Stage 1 (frames) turns into stage 2 at disc_start; vae_causal is stage 3.
   causal = variant == "vae_causal"
+  # default: the demo's budget. Held-out PSNR at seed 0: 24.2 dB at 2,000 steps, 27.1 at
+  # 4,000, still climbing (docs/experiments/tokenizer.md, docs/results.md).
+  vae_steps = {"smoke": 20, "vae_smoke": 20, "default": 4000}.get(variant, 3000)
   config.vae_train = ml_collections.ConfigDict(dict(
       # Frames a step (clips in vae_causal). On a CPU time budget 16 learns as much per step
       # as 32 at a fraction of the cost; 8 falls behind per step by more than its extra
       # steps make up (docs/experiments/tokenizer.md).
       batch_size=8 if smoke else 16,
-      # default: the demo's budget. Held-out PSNR at seed 0: 24.2 dB at 2,000 steps, 27.1
-      # at 4,000, still climbing (docs/experiments/tokenizer.md, docs/results.md).
-      steps={"smoke": 20, "vae_smoke": 20, "default": 4000}.get(variant, 3000),
+      steps=vae_steps,
       clip_frames=config.data.num_frames if causal else 1,
       # From scratch the tiny tokenizer first sits at the mean image: a constant 2e-3 or
       # more keeps some seeds there, 1e-3 lets every seed measured leave it but climbs
@@ -104,8 +105,7 @@ def get_config(arg=None):
       weight_decay=1e-4,
       grad_clip=1.0,
       # -1: no discriminator. The demo (default) stops where its adversarial stage would start.
-      disc_start=-1 if causal else {"smoke": 10, "vae_smoke": 10,
-                                    "default": 4000}.get(variant, 2000),
+      disc_start=-1 if causal else (10 if smoke else vae_steps if variant == "default" else 2000),
       disc_weight=0.1,
       perceptual_weight=1.0,
       lpips_weights="",  # LPIPS + VGG-16 .npz (ardiff convert lpips); empty: no perceptual loss

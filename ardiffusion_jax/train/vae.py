@@ -116,16 +116,15 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
   def reconstruct(params, video, key):
     return model.apply({"params": params}, video, key, method=ar_vae.ARVAE.training_reconstruction)
 
-  squared = train_config.get("pixel_loss", "l1") == "l2"
+  error = jnp.square if train_config.get("pixel_loss", "l1") == "l2" else jnp.abs
   proxy_weight = train_config.get("proxy_weight", 0.0)
   chroma_weight = train_config.get("chroma_weight", 0.0)
   max_ema_decay = train_config.get("ema_decay", 0.0)
 
   def nll_of(video, recon):
     l1 = jnp.mean(jnp.abs(video - recon))
-    pixel = jnp.mean(jnp.square(video - recon)) if squared else l1
-    if chroma_weight > 0:  # the pixel loss's own kind of error, on the chroma
-      error = jnp.square if squared else jnp.abs
+    pixel = jnp.mean(error(video - recon))
+    if chroma_weight > 0:
       pixel = pixel + chroma_weight * jnp.mean(error(chroma(video) - chroma(recon)))
     perceptual = jnp.zeros(())
     if perceptual_fn is not None:

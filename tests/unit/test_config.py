@@ -24,6 +24,14 @@ def test_dataset_vae_configs_keep_the_authors_optimizer(dataset):
   assert config_lib.config_from_file("configs/synthetic.py", "vae").vae_train.ema_decay > 0
 
 
+def test_the_demos_tokenizer_stops_before_its_adversarial_stage():
+  from ardiffusion_jax.train import vae as train_vae
+  train = config_lib.config_from_file("configs/synthetic.py", "default").vae_train
+  assert {train_vae.phase_of(step, train.disc_start) for step in range(train.steps)} == {"generator"}
+  staged = config_lib.config_from_file("configs/synthetic.py", "vae").vae_train
+  assert train_vae.phase_of(staged.steps - 1, staged.disc_start) != "generator"  # stage 2 runs
+
+
 @pytest.mark.parametrize("dataset", ["synthetic", "ucf101", "sky", "taichi", "faceforensics"])
 def test_the_paper_dit_configs_keep_one_latent_token_a_transformer_token(dataset):
   # The demo's DiT groups a frame's 32 tokens (token_patch = 32); the authors' must not.
