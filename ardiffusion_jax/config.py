@@ -289,6 +289,14 @@ def _validate_vae_train(train, data, vae, mesh_shape):
   _require(chroma_weight >= 0, "vae_train.chroma_weight", f"must be >= 0, got {chroma_weight}")
   _require(proxy_weight == 0 or vae.get("proxy_head", False), "vae_train.proxy_weight",
            "needs vae.proxy_head = True (the head whose loss it weights)")
+  motion_weight = train.get("motion_weight", 0.0)
+  _require(motion_weight >= 0, "vae_train.motion_weight", f"must be >= 0, got {motion_weight}")
+  _require(motion_weight == 0 or train.clip_frames >= 3, "vae_train.motion_weight",
+           f"scores the latents' second difference in time, so it needs clips of >= 3 "
+           f"frames: set vae_train.clip_frames >= 3 (got {train.clip_frames})")
+  _require(motion_weight == 0 or train.init_from, "vae_train.motion_weight",
+           "finetunes a trained tokenizer (from scratch it holds it at the mean image): set "
+           "vae_train.init_from to a frames-stage run folder, e.g. runs/demo/vae")
   _validate_loop_fields(train, "vae_train")
 
 
@@ -326,13 +334,18 @@ def _check_lr(field, lr):
 def _validate_lr_schedule(train, section: str):
   """The fields of `train.state.learning_rate_schedule`, in `train` or `vae_train`."""
   _check_lr(f"{section}.lr", train.lr)
-  _require(train.lr_schedule in ("constant", "cosine"), f"{section}.lr_schedule",
-           f"expected 'constant' or 'cosine', got {train.lr_schedule!r}")
-  if train.lr_schedule == "cosine":  # a constant schedule never reaches lr_final
+  _require(train.lr_schedule in ("constant", "cosine", "wsd"), f"{section}.lr_schedule",
+           f"expected 'constant', 'cosine' or 'wsd', got {train.lr_schedule!r}")
+  if train.lr_schedule != "constant":  # a constant schedule never reaches lr_final
     _check_lr(f"{section}.lr_final", train.lr_final)
     _require(train.lr_final <= train.lr, f"{section}.lr_final", "must be in (0, lr]")
   _require(0 <= train.warmup_steps <= train.steps, f"{section}.warmup_steps",
            "must be in [0, steps]")
+  if train.lr_schedule == "wsd":
+    decay = train.get("decay_steps", 0)
+    _require(isinstance(decay, int) and 1 <= decay <= train.steps - train.warmup_steps,
+             f"{section}.decay_steps", f"'wsd' decays over the last decay_steps steps, after "
+             f"the warmup: an int in [1, steps - warmup_steps], got {decay!r}")
 
 
 def _validate_loop_fields(train, section: str):

@@ -21,13 +21,19 @@ class TrainState(struct.PyTreeNode):
 
 
 def learning_rate_schedule(train_config):
-  """Linear warmup, then constant or cosine decay to `lr_final`."""
+  """Linear warmup, then constant, cosine decay to `lr_final`, or `wsd` (warmup, stable,
+  decay): constant until the last `decay_steps` steps, then cosine decay to `lr_final`."""
   peak, warmup, steps = train_config.lr, train_config.warmup_steps, train_config.steps
+  cosine = lambda length: optax.cosine_decay_schedule(peak, max(length, 1),
+                                                      alpha=train_config.lr_final / peak)
   if train_config.lr_schedule == "constant":
     decay = optax.constant_schedule(peak)
   elif train_config.lr_schedule == "cosine":
-    decay = optax.cosine_decay_schedule(peak, max(steps - warmup, 1),
-                                        alpha=train_config.lr_final / peak)
+    decay = cosine(steps - warmup)
+  elif train_config.lr_schedule == "wsd":
+    stable = steps - warmup - train_config.decay_steps
+    decay = optax.join_schedules([optax.constant_schedule(peak), cosine(train_config.decay_steps)],
+                                 [stable])
   else:
     raise ValueError(f"unknown lr_schedule {train_config.lr_schedule!r}")
   warm = optax.linear_schedule(0.0 if warmup else peak, peak, max(warmup, 1))

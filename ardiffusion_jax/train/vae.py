@@ -27,7 +27,7 @@ from ardiffusion_jax import config as config_lib, runs
 from ardiffusion_jax.data import datasets, pipeline
 from ardiffusion_jax.errors import CheckpointError
 from ardiffusion_jax.eval.nets import lpips
-from ardiffusion_jax.models import ar_vae, discriminator
+from ardiffusion_jax.models import ar_vae, discriminator, layers
 from ardiffusion_jax.train import loop, sharding
 from ardiffusion_jax.train import state as state_lib
 
@@ -83,7 +83,7 @@ def _last_layer(tree):
   return tree
 
 
-METRICS = ("loss", "l1", "perceptual", "psnr", "proxy", "g_loss", "d_loss", "d_weight",
+METRICS = ("loss", "l1", "perceptual", "psnr", "proxy", "motion", "g_loss", "d_loss", "d_weight",
            "grad_norm", "update_finite", "state_finite")
 
 
@@ -107,6 +107,20 @@ def chroma(images):
   `vae_train.chroma_weight` term compares, so it scores hue and saturation, not
   brightness."""
   return images - jnp.mean(images, axis=-1, keepdims=True)
+
+
+def motion_penalty(mean):
+  """How far the latents' paths bend, relative to how far they range: the mean squared
+  second difference in time of the unit tokens (l2-normalised posterior means, [B, T, L,
+  C], T >= 3), over their variance around their mean token. A ball moves in a straight
+  line between bounces; latents that move so too let the DiT carry it on by
+  extrapolation, where copying the last frame is all the unregularised tokenizer's
+  latents allow (docs/experiments/tokenizer.md, 2026-12-06). The division keeps the
+  term from being met by shrinking the latents' spread."""
+  unit = layers.l2_normalize(mean)
+  bend = unit[:, 2:] - 2 * unit[:, 1:-1] + unit[:, :-2]
+  spread = jnp.mean(jnp.square(unit - jnp.mean(unit, axis=(0, 1), keepdims=True)))
+  return jnp.mean(jnp.square(bend)) / (spread + 1e-6)
 
 
 def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=None):
@@ -138,10 +152,17 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
                                        mutable=["batch_stats"])
     return logits, updates["batch_stats"]
 
+  motion_weight = train_config.get("motion_weight", 0.0)
+
   def generator_step(state, video, key, with_gan):
     def losses(params):  # one forward pass for both the reconstruction and the GAN term
       recon, proxy = reconstruct(params, video, key)
       nll, l1, perceptual = nll_of(video, recon)
+      motion = jnp.zeros(())
+      if motion_weight > 0:  # validation guarantees clips of >= 3 frames
+        motion = motion_penalty(model.apply({"params": params}, video,
+                                            method=ar_vae.ARVAE.encode)[0])
+        nll = nll + motion_weight * motion
       proxy_loss = jnp.zeros(())
       if proxy_weight > 0:  # validation guarantees the head
         proxy_loss = jnp.mean(jnp.square(video - proxy))
@@ -150,12 +171,13 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
       if with_gan:
         logits, _ = discriminate(state.disc_params, state.disc_batch_stats, recon)
         g_loss = discriminator.generator_adversarial_loss(logits)
-      return (nll, g_loss), (recon, l1, perceptual, proxy_loss)
+      return (nll, g_loss), (recon, l1, perceptual, proxy_loss, motion)
 
-    (nll, g_loss), backward, (recon, l1, perceptual, proxy_loss) = jax.vjp(
+    (nll, g_loss), backward, (recon, l1, perceptual, proxy_loss, motion) = jax.vjp(
         losses, state.params, has_aux=True)
     (grads,) = backward((jnp.ones(()), jnp.zeros(())))
-    metrics = _metrics(video, recon, loss=nll, l1=l1, perceptual=perceptual, proxy=proxy_loss)
+    metrics = _metrics(video, recon, loss=nll, l1=l1, perceptual=perceptual, proxy=proxy_loss,
+                       motion=motion)
     if with_gan:
       (gan_grads,) = backward((jnp.zeros(()), jnp.ones(())))
       weight = train_config.disc_weight * discriminator.adaptive_weight(

@@ -14,6 +14,16 @@ def test_variants_load_and_validate(variant):
   assert config.data.resolution % config.vae.patch_size == 0
 
 
+def test_the_motion_stage_finetunes_a_run_on_clips_of_three():
+  spec = "configs/synthetic.py:vae_motion"
+  with pytest.raises(ConfigError, match="vae_train.motion_weight"):  # needs a run to start from
+    config_lib.load_config(spec)
+  config = config_lib.load_config(spec, ["vae_train.init_from='runs/demo/vae'"], num_devices=2)
+  train = config.vae_train
+  assert (train.clip_frames, train.motion_weight, train.disc_start) == (3, 0.05, -1)
+  assert config.vae == config_lib.config_from_file("configs/synthetic.py", "default").vae
+
+
 @pytest.mark.parametrize("dataset", ["ucf101", "sky", "taichi", "faceforensics"])
 def test_dataset_vae_configs_keep_the_authors_optimizer(dataset):
   # Spec §1.7: AdamW (0.9, 0.999), no EMA. The synthetic tiny tokenizer's beta2 and EMA
@@ -54,6 +64,12 @@ def test_the_paper_dit_configs_keep_one_latent_token_a_transformer_token(dataset
     (["vae.proxy_head=False"], "vae_train.proxy_weight"),  # a weight for a missing head
     (["vae_train.proxy_weight=-1.0"], "vae_train.proxy_weight"),
     (["vae_train.chroma_weight=-0.5"], "vae_train.chroma_weight"),
+    (["vae_train.lr_schedule='wsd'"], "vae_train.decay_steps"),  # wsd needs its decay steps
+    (["vae_train.lr_schedule='wsd'", "vae_train.decay_steps=21"], "vae_train.decay_steps"),
+    (["vae_train.motion_weight=-0.1"], "vae_train.motion_weight"),
+    # The motion term needs clips of >= 3 frames, and a trained tokenizer to start from.
+    (["vae_train.motion_weight=0.1", "vae_train.init_from='runs/vae'"], "vae_train.motion_weight"),
+    (["vae_train.motion_weight=0.1", "vae_train.clip_frames=3"], "vae_train.motion_weight"),
     (["vae_train.ema_decay=1.0"], "vae_train.ema_decay"),
     (["dit.attention_chunks=3"], "dit.attention_chunks"),
     (["dit.token_patch=3"], "dit.token_patch"),

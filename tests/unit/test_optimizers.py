@@ -60,3 +60,12 @@ def test_a_constant_tokenizer_rate_keeps_the_optimizer_state_of_earlier_runs():
   earlier = optax.chain(optax.identity(), optax.clip_by_global_norm(config.grad_clip),
                         optax.adamw(config.lr, b1=config.b1, b2=config.b2, mask={"w": True}))
   assert (jax.tree.structure(tx.init(params)) == jax.tree.structure(earlier.init(params)))
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_over_its_last_steps():
+  config = _train_config(lr_schedule="wsd", warmup_steps=4, steps=20, decay_steps=6)
+  tx, _ = train_vae.make_optimizers(config, {"w": jnp.ones(())})
+  sizes = _step_sizes(tx, config.steps)
+  np.testing.assert_allclose(sizes[4:14], config.lr, rtol=1e-3)  # stable until step 14
+  assert np.all(np.diff(sizes[14:]) < 0)  # then a cosine decay
+  assert sizes[-1] < 0.1 * config.lr and sizes[-1] >= config.lr_final * 0.999
