@@ -12,4 +12,7 @@ export ARDIFF_SMOKE=1
 workers=${ARDIFF_TEST_WORKERS:-2}
 parallel=()
 if [[ "$workers" != 0 ]]; then parallel=(-n "$workers" --dist loadgroup); fi
-exec .venv/bin/python -m pytest -q --nbmake "${parallel[@]}" "$@"
+# A notebook cell may train the smoke models (sample.ipynb does when it runs before
+# train_tiny.ipynb): on a slow 2-core machine beside the other worker that took over
+# nbmake's default 300 s (2026-12-06).
+exec .venv/bin/python -m pytest -q --nbmake --nbmake-timeout=1200 "${parallel[@]}" "$@"
