@@ -109,8 +109,9 @@ def get_config(arg=None):
       chroma_weight=0.0 if causal else 4.0,
       # How much the latents' paths may bend in time (train/vae.py motion_penalty): latents
       # that move in straight lines, as the balls do, let the DiT extrapolate. From scratch
-      # it holds the tokenizer at the mean image, so it finetunes a trained one
-      # (docs/experiments/tokenizer.md, 2026-12-06).
+      # it holds the tokenizer at the mean image, so it finetunes a trained one. Its effect
+      # on the DiT's samples differed between two seeds (docs/experiments/tokenizer.md,
+      # 2026-12-06).
       motion_weight=0.05 if motion else 0.0,
       disc_lr=2e-4,
       b1=0.9,
