@@ -462,8 +462,10 @@ class ARVAE(nn.Module):
 
   def training_reconstruction(self, video, rng):
     """The sampled-posterior reconstruction and, with `proxy_head`, the proxy head's
-    patch-by-patch reconstruction (else None); each [B, T, H, W, 3]."""
-    return self._decode(self._latents(video, True, rng)[0])
+    patch-by-patch reconstruction (else None), each [B, T, H, W, 3]; and the posterior
+    mean [B, T, L, C], which the motion term scores without a second encoder pass."""
+    z, mean, _ = self._latents(video, True, rng)
+    return (*self._decode(z), mean)
 
 
 def vae_from_config(vae_config) -> ARVAE:

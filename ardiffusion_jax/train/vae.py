@@ -156,12 +156,11 @@ def make_vae_step(model, disc_model, g_tx, d_tx, train_config, perceptual_fn=Non
 
   def generator_step(state, video, key, with_gan):
     def losses(params):  # one forward pass for both the reconstruction and the GAN term
-      recon, proxy = reconstruct(params, video, key)
+      recon, proxy, mean = reconstruct(params, video, key)
       nll, l1, perceptual = nll_of(video, recon)
       motion = jnp.zeros(())
       if motion_weight > 0:  # validation guarantees clips of >= 3 frames
-        motion = motion_penalty(model.apply({"params": params}, video,
-                                            method=ar_vae.ARVAE.encode)[0])
+        motion = motion_penalty(mean)
         nll = nll + motion_weight * motion
       proxy_loss = jnp.zeros(())
       if proxy_weight > 0:  # validation guarantees the head

@@ -99,7 +99,7 @@ def test_proxy_head_reads_each_patch_from_its_own_decoder_token():
   video = jax.random.uniform(jax.random.key(3), (1, 2, 64, 64, 3))
   variables = _randomised(model, video)  # perturbs the zero-initialised head too
   key = jax.random.key(4)
-  (recon, proxy), state = model.apply(
+  (recon, proxy, _), state = model.apply(
       variables, video, key, method=ar_vae.ARVAE.training_reconstruction,
       capture_intermediates=lambda mdl, name: mdl.name == "ln_post" and name == "__call__")
   sampled, _, _ = model.apply(variables, video, sample_posterior=True, rng=key)
@@ -114,7 +114,7 @@ def test_proxy_head_reads_each_patch_from_its_own_decoder_token():
     np.testing.assert_allclose(proxy[0, frame, row, col], pixel, rtol=1e-5, atol=1e-6)
   plain = _tiny()
   assert "proxy_patch_head" not in jax.eval_shape(plain.init, jax.random.key(0), video)["params"]
-  _, none = plain.apply(_randomised(plain, video), video, key,
+  _, none, _ = plain.apply(_randomised(plain, video), video, key,
                         method=ar_vae.ARVAE.training_reconstruction)
   assert none is None
 
