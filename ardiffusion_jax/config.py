@@ -308,6 +308,9 @@ def _validate_dit(dit_config):
   _require(dit_config.size in dit.PRESETS, "dit.size",
            f"unknown size {dit_config.size!r}; expected one of {tuple(dit.PRESETS)}")
   model = dit.dit_from_config(dit_config)
+  _require(model.temporal_attention in ("causal", "bidirectional"), "dit.temporal_attention",
+           f"expected 'causal' or 'bidirectional' (the ablation, sampled in full mode only), "
+           f"got {model.temporal_attention!r}")
   _require(model.hidden_size % model.num_heads == 0, "dit.num_heads",
            f"hidden_size {model.hidden_size} is not divisible by num_heads {model.num_heads}")
   head_dim = model.hidden_size // model.num_heads

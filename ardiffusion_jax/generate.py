@@ -126,8 +126,13 @@ class Generator:
 
   @property
   def default_mode(self) -> str:
-    """cached (KV cache) for strictly causal models, else the authors' full mode."""
-    return "cached" if self.model.strictly_causal else "full"
+    """cached (KV cache) for strictly causal models; the others run only in the authors'
+    full mode, and a warning says why."""
+    mode = sampling.default_mode(self.model)
+    if mode == "full":
+      warnings.warn(f"sampling in full mode (each row evaluates the whole window, no KV "
+                    f"cache): this DiT is not strictly causal, {self.model.future_leak}")
+    return mode
 
   def sampler(self, num_frames: int, s: int, *, context_frames: int = 0, mode: str = "cached",
               cfg_scale: float = 1.0, eta: Optional[float] = None, progress=None):

@@ -8,9 +8,10 @@ that step:
 
 * **full**: every row evaluates the whole window, the authors' semantics. For a video
   longer than the model's window (`dit.num_frames`) the `official` variant (absolute
-  sin-cos positions) slides a window of that many frames exactly as their code does; the
-  `clean` variant (temporal RoPE) evaluates every frame with a rolling attention window:
-  each frame sees itself and the `num_frames - 1` frames before it.
+  sin-cos positions) slides a window of that many frames exactly as their code does, and
+  so does a bidirectional DiT; the causal `clean` variant (temporal RoPE) evaluates every
+  frame with a rolling attention window: each frame sees itself and the `num_frames - 1`
+  frames before it. Models that are not strictly causal run in this mode only.
 * **cached**: for a strictly causal model each row evaluates only a static window of W
   frames that holds every active one (W = ceil(S/s), or all frames for s = 0), slid with
   `dynamic_slice`. Earlier frames are read from a per-layer KV cache. A frame's keys and
@@ -109,6 +110,11 @@ def _cached_window_starts(update_mask, window: int, context_frames: int):
   return starts, commit
 
 
+def default_mode(model) -> str:
+  """cached (KV cache) for strictly causal models; the others run in full mode only."""
+  return "cached" if model.strictly_causal else "full"
+
+
 def make_plan(model, grid: diffusion.DDIMGrid, num_frames: int, s: int,
               context_frames: int = 0, mode: str = "cached") -> Plan:
   """Builds the static plan for `model` (a `DiT`), or raises ValueError naming the
@@ -122,12 +128,15 @@ def make_plan(model, grid: diffusion.DDIMGrid, num_frames: int, s: int,
   alphas_prev = np.asarray(grid.alphas_prev, np.float32)[step_index]
   model_window = model.num_frames
   relative = model.position == "sincos_1d"  # absolute table positions: no rolling cache
+  # Past the trained window, models that cannot roll their attention (absolute positions,
+  # or every frame seeing every other) slide a window of exactly the trained length.
+  sliding = relative or model.temporal_attention == "bidirectional"
   num_rows = step_index.shape[0]
   commit = np.full(num_rows, -1, np.int32)
-  cache_slots, attention_window = 0, None if relative else model_window
+  cache_slots, attention_window = 0, None if sliding else model_window
 
   if mode == "full":
-    if relative and num_frames > model_window:
+    if sliding and num_frames > model_window:
       window = model_window
       starts = _sliding_window_starts(update_mask, step_index, window, num_steps)
     else:
@@ -135,9 +144,8 @@ def make_plan(model, grid: diffusion.DDIMGrid, num_frames: int, s: int,
     first_frame = np.zeros(num_rows, np.int32)
   else:
     if not model.strictly_causal:
-      raise ValueError("cached sampling needs a strictly causal model, but this DiT's context "
-                       "tokens see every frame (the official variant's leak); use "
-                       "mode='full', or set dit.context_sees_video=False")
+      raise ValueError(f"cached sampling needs a strictly causal model, but {model.future_leak}; "
+                       f"use mode='full'")
     if relative and num_frames > model_window:
       raise ValueError(f"cached sampling past the model's {model_window} frames needs temporal "
                        f"RoPE (the clean variant); the official sin-cos positions only run "
@@ -508,10 +516,9 @@ def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int 
     raise ValueError(f"streaming needs 1 <= s <= S = {num_steps} (s = 0 yields the whole "
                      f"window at once), got s = {s}")
   if not model.strictly_causal:
-    raise ValueError("streaming needs a strictly causal DiT, but this one's context tokens see "
-                     "every frame (the official variant's leak): a finished frame would still "
-                     "change as later ones are denoised; set dit.context_sees_video=False "
-                     "and retrain, or use `sample` in full mode")
+    raise ValueError(f"streaming needs a strictly causal DiT, but {model.future_leak}: a "
+                     f"finished frame would still change as later ones are denoised; use "
+                     f"`sample` in full mode")
   if max_frames is None:
     if s == 0:
       raise ValueError("s = 0 denoises every frame together, so nothing is final before the "

@@ -24,7 +24,8 @@ from ardiffusion_jax.eval import fvd as fvd_lib
 from ardiffusion_jax.eval import novelty, physics
 
 FVD_FRAMES = {"fvd16": 16, "fvd128": 128}
-CLIP_METRICS = ("fid_img", "fid_vid", "physics", "novelty")  # scored on the 16-frame clips
+CLIP_METRICS = ("fid_img", "fid_vid", "physics", "novelty")  # scored on CLIP_FRAMES-frame clips
+CLIP_FRAMES = 16
 METRICS = (*FVD_FRAMES, *CLIP_METRICS)
 # Below this many clips a set's physics statistics are too noisy to tell settings apart.
 MIN_PHYSICS_CLIPS = 64
@@ -95,7 +96,7 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
     raise ConfigError("data.resolution", f"{config.data.resolution} differs from the AR-VAE's "
                                           f"{resolution}")
   lengths = sorted({FVD_FRAMES[m] for m in metrics if m in FVD_FRAMES}
-                   | ({16} if set(CLIP_METRICS) & set(metrics) else set()))
+                   | ({CLIP_FRAMES} if set(CLIP_METRICS) & set(metrics) else set()))
   features = fvd_lib.I3DFeatures(batch_size=batch_size) if any(m in FVD_FRAMES for m in metrics) else None
   # FID networks: a function of 16-frame clips [N, 16, H, W, 3] to features.
   fid_nets = {}
@@ -108,11 +109,11 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
            for frames in lengths}
   real = {frames: videos[:num] for frames, videos in clips.items()}
   real_features = {frames: features(videos) for frames, videos in real.items()} if features else {}
-  real_fid = {metric: net(real[16]) for metric, net in fid_nets.items()}
+  real_fid = {metric: net(real[CLIP_FRAMES]) for metric, net in fid_nets.items()}
   training = None
   if "novelty" in metrics:
     data = config.data.copy_and_resolve_references()
-    data.num_frames = 16
+    data.num_frames = CLIP_FRAMES
     source = BouncingShapes.from_config(data)
     training = novelty.TrainingClips(np.stack([source[i]["video"] for i in range(len(source))]))
 
@@ -121,13 +122,13 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
     for metric, metric_frames in FVD_FRAMES.items():
       if metric in metrics and metric_frames == frames:
         row[metric] = fvd_lib.fvd(real_features[frames], features(videos))
-    if frames == 16:
+    if frames == CLIP_FRAMES:
       if "physics" in metrics:
-        row["physics"] = physics.physics_score(videos, real[16])
+        row["physics"] = physics.physics_score(videos, real[CLIP_FRAMES])
       for metric, net in fid_nets.items():
         row[metric] = fvd_lib.fvd(real_fid[metric], net(videos))
       if training is not None:
-        row["novelty"] = novelty.novelty_scores({"set": videos}, real[16], training)["set"]
+        row["novelty"] = novelty.novelty_scores({"set": videos}, real[CLIP_FRAMES], training)["set"]
     return row
 
   results = {}
@@ -151,6 +152,7 @@ def evaluate(config, ckpt, out, metrics, s_values, num: int, vae_ckpt=None, batc
       score(results["reconstructed"], frames, generator.decode(latents, batch_size))
   report = {"ckpt": str(ckpt), "metrics": list(metrics), "num_clips": num, "seed": seed,
             "cfg_scale": cfg_scale, "references": references,
+            "sampling_mode": generator.default_mode,
             "dataset": config.data.name, "resolution": resolution, "results": results}
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +171,9 @@ def markdown(report: dict) -> str:
   header = ["s"] + [names[m] for m in metrics]
   header += [f"s/video ({k.rsplit('_', 1)[1]})" for k in times]
   lines = [f"# ardiff eval: {report['dataset']}, {report['num_clips']} clips per set", "",
+           f"Sampler: {report['sampling_mode']} mode"
+           + (" (the DiT is not strictly causal, so no KV cache)."
+              if report["sampling_mode"] == "full" else " (KV cache)."), "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for s, row in rows.items():
     cells = [{"real": "real clips (floor)", "reconstructed": "AR-VAE reconstructions (ceiling)"}

@@ -17,8 +17,13 @@ flag so ablations can isolate it (docs/architecture.md):
 `token_patch` (either variant; the authors' is 1) groups a frame's latent tokens p at a
 time into one transformer token, DiT's patch size over the 1D token axis.
 
-Strict causality: with context_tokens = 0 (or context_sees_video = False), the output
-of frame f depends only on frames <= f, their timesteps and the label. Such a model can
+`temporal_attention` is the method's "causal" (a frame attends to itself and earlier
+frames) or "bidirectional" (every frame of the window attends to every other: Table 3's
+"− temporal causal attention" ablation, which only the full-mode sampler can run).
+
+Strict causality: with causal temporal attention and context_tokens = 0 (or
+context_sees_video = False), the output of frame f depends only on frames <= f, their
+timesteps and the label. Such a model can
 also run on a window of frames with the keys and values of earlier frames from a
 `KVCache` (the AD sampler's cached mode, `sampling.py`).
 """
@@ -163,11 +168,14 @@ class DiT(nn.Module):
   context_tokens: int = 0
   context_dim: int = 768
   context_sees_video: bool = False
+  temporal_attention: str = "causal"  # or "bidirectional" (the ablation)
   position: str = "rope"
   final_modulation: bool = True
   scan_layers: bool = False
   remat: bool = False
-  attention_chunks: int = 1  # skip masked blocks: query frames in this many groups (exact)
+  # Skip the masked blocks of causal attention: query frames in this many groups (exact).
+  # Bidirectional attention masks no block, so it runs unchunked whatever this says.
+  attention_chunks: int = 1
   dtype: Any = jnp.float32
 
   @property
@@ -213,9 +221,18 @@ class DiT(nn.Module):
     return self.tokens_per_frame // self.token_patch
 
   @property
+  def future_leak(self) -> str:
+    """How a token can see a later frame, in words ('' when none can)."""
+    if self.temporal_attention == "bidirectional":
+      return "it attends bidirectionally over frames (dit.temporal_attention='bidirectional')"
+    if self.context_tokens and self.context_sees_video:
+      return "its context tokens see every frame (the official variant's leak)"
+    return ""
+
+  @property
   def strictly_causal(self) -> bool:
     """No token ever sees a later frame (what the cached sampler needs)."""
-    return not (self.context_tokens and self.context_sees_video)
+    return not self.future_leak
 
   @nn.compact
   def __call__(self, x, t, label=None, *, first_frame=0, cache=None, attention_window=None):
@@ -243,9 +260,11 @@ class DiT(nn.Module):
     if label.ndim == 2 and self.context_tokens:
       raise ValueError("labels per frame need the clean variant's label embedding; this DiT "
                        "conditions through context tokens, one label per video")
+    if self.temporal_attention not in ("causal", "bidirectional"):
+      raise ValueError(f"unknown temporal_attention {self.temporal_attention!r}; expected "
+                       f"causal or bidirectional")
     if cache is not None and not self.strictly_causal:
-      raise ValueError("a KV cache needs a strictly causal DiT; this one has context tokens "
-                       "that see every frame (context_sees_video=True)")
+      raise ValueError(f"a KV cache needs a strictly causal DiT, but {self.future_leak}")
     if cache is not None and self.scan_layers:
       raise ValueError("a KV cache holds one array per layer; run the cache on unrolled "
                        "layers: dit.unrolled(model, variables)")
@@ -291,13 +310,14 @@ class DiT(nn.Module):
       slot_frames = jnp.where(cache.frames < first_frame, cache.frames, EMPTY_SLOT)
       key_frames = jnp.concatenate([jnp.repeat(slot_frames, tokens), key_frames])
       kv_cache = (cache.keys, cache.values)
-    mask = layers.frame_mask(query_frames[None], key_frames[None], attention_window)
+    causal = self.temporal_attention == "causal"
+    mask = layers.frame_mask(query_frames[None], key_frames[None], attention_window, causal)
     h = layers.constrain(video, ("act_batch", "act_length", "act_embed"))
 
     block_kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
                         residual=self.residual, context_tokens=self.context_tokens,
                         use_rope=self.position == "rope", dtype=self.dtype,
-                        attention_chunks=math.gcd(self.attention_chunks, frames))
+                        attention_chunks=math.gcd(self.attention_chunks, frames) if causal else 1)
     if self.scan_layers:
       block = nn.remat(Block, prevent_cse=False) if self.remat else Block
       h, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},

@@ -157,18 +157,21 @@ def rope(x, positions, base: float = 10000.0):
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
-def frame_mask(query_frames, key_frames, window=None):
+def frame_mask(query_frames, key_frames, window=None, causal: bool = True):
   """Boolean attention mask [B, 1, N, M]: a query sees keys whose frame is not later.
 
   Frames are per token ([B, N] and [B, M]); full attention inside a frame and block
-  causality across frames follow from the single comparison. With `window`, a query
-  also sees no frame `window` or more before its own; negative key frames (context
-  tokens) stay visible.
+  causality across frames follow from the single comparison. With `causal` False a video
+  query (frame >= 0) also sees later frames' keys; context queries keep their rule. With
+  `window`, a query also sees no frame `window` or more away from its own; negative key
+  frames (context tokens) stay visible.
   """
   keys, queries = key_frames[:, None, None, :], query_frames[:, None, :, None]
   mask = keys <= queries
+  if not causal:
+    mask |= queries >= 0
   if window is not None:
-    mask &= (keys < 0) | (keys > queries - window)
+    mask &= (keys < 0) | (jnp.abs(keys - queries) < window)
   return mask
 
 

@@ -170,6 +170,7 @@ def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path):
                    "--out", str(out)]) == 0
   report = json.loads((out / "eval.json").read_text())
   assert set(report["results"]) == {"0", "10", "real", "reconstructed"}
+  assert report["sampling_mode"] == "cached"  # the clean DiT is strictly causal
   for name, row in report["results"].items():
     assert row["fvd16"] > 0 and row["fid_img"] > 0 and row["fid_vid"] > 0
     assert set(row["physics"]) >= {"speed_ratio", "acceleration_ratio", "palette_ratio"}
@@ -183,5 +184,6 @@ def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path):
   table = (out / "eval.md").read_text()
   assert ("| s | FVD16 | FID-img | FID-vid | physics (speed / accel ratio) | novelty (NN ratio) | "
           "s/video (16f) |") in table
+  assert "Sampler: cached mode (KV cache)." in table
   assert "| real clips (floor) |" in table and "| AR-VAE reconstructions (ceiling) |" in table
   assert "novelty (NN ratio)" in table and "Physics from 2 clips per set" in table

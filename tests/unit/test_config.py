@@ -73,6 +73,7 @@ def test_the_paper_dit_configs_keep_one_latent_token_a_transformer_token(dataset
     (["vae_train.ema_decay=1.0"], "vae_train.ema_decay"),
     (["dit.attention_chunks=3"], "dit.attention_chunks"),
     (["dit.token_patch=3"], "dit.token_patch"),
+    (["dit.temporal_attention='acausal'"], "dit.temporal_attention"),
 ])
 def test_bad_fields_are_named(overrides, field):
   with pytest.raises(ConfigError) as error:

@@ -69,6 +69,33 @@ def test_official_variant_shows_the_documented_leak():
   np.testing.assert_array_equal(changed[:, :-1], strict.apply(variables, x, t)[:, :-1])
 
 
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_bidirectional_attention_lets_every_frame_see_the_last(chunks):
+  """Table 3's "− temporal causal attention": the same weights, with a change to the last
+  frame reaching every earlier one; the causal model's chunking must not apply to it."""
+  causal = _tiny("clean", attention_chunks=chunks)
+  bidirectional = _tiny("clean", attention_chunks=chunks, temporal_attention="bidirectional")
+  x, t = _inputs()
+  variables = _randomised(causal, x, t)
+  base = bidirectional.apply(variables, x, t)
+  changed = bidirectional.apply(variables, x.at[:, -1].add(1.0), t)
+  assert np.abs(changed[:, 0] - base[:, 0]).max() > 1e-4
+  assert np.abs(base - causal.apply(variables, x, t)).max() > 1e-4
+  unchunked = _tiny("clean", temporal_attention="bidirectional").apply(variables, x, t)
+  np.testing.assert_allclose(base, unchunked, atol=1e-6, rtol=0)
+  assert causal.strictly_causal and not bidirectional.strictly_causal
+  assert "bidirectional" in bidirectional.future_leak
+
+
+def test_a_bidirectional_dit_refuses_a_kv_cache():
+  model = _tiny("clean", temporal_attention="bidirectional")
+  x, t = _inputs()
+  variables = _randomised(model, x, t)
+  cache = dit.KVCache((), (), jnp.zeros((1,), jnp.int32))
+  with pytest.raises(ValueError, match="bidirectionally"):
+    model.apply(variables, x, t, cache=cache)
+
+
 @pytest.mark.parametrize("variant", ["official", "clean"])
 def test_unrolled_matches_the_scanned_layers(variant):
   x, t = _inputs()

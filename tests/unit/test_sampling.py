@@ -204,6 +204,26 @@ def test_official_without_the_leak_can_use_the_cache():
   np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
 
 
+def test_a_bidirectional_dit_samples_in_full_mode_only():
+  """Table 3's "− temporal causal attention" row: the cached sampler and streaming refuse
+  it before anything compiles; full mode runs it, past its window with the sliding
+  window, and its frames depend on later ones."""
+  model = _model(num_frames=4, temporal_attention="bidirectional")
+  with pytest.raises(ValueError, match="bidirectionally.*mode='full'"):
+    sampling.make_plan(model, _grid(), num_frames=4, s=2, mode="cached")
+  with pytest.raises(ValueError, match="bidirectionally"):
+    sampling.make_stream(model, _grid(), s=2, max_frames=4)
+  variables = _variables(model)
+  plan, short = _sample(model, variables, num_frames=4, s=2, mode="full")
+  assert plan.attention_window is None and plan.window == 4
+  causal = _model(num_frames=4)
+  _, causal_out = _sample(causal, variables, num_frames=4, s=2, mode="full")
+  assert np.abs(short - causal_out).max() > 1e-3
+  plan, long = _sample(model, variables, num_frames=10, s=2, mode="full")
+  assert plan.window == 4 and plan.attention_window is None and plan.window_start.max() == 6
+  assert long.shape == (2, 10, TOKENS, 4) and np.all(np.isfinite(long))
+
+
 @pytest.mark.parametrize("s,token_patch", [(1, 1), (3, 1), (3, 2)])
 def test_rolling_cache_matches_full_past_the_trained_window(s, token_patch):
   """Clean variant, 10 frames from a 4-frame model: both modes use the rolling window

@@ -191,6 +191,12 @@ def test_what_cannot_stream_is_refused_with_the_reason():
                              _model("official", num_frames=4), None, _grid())
   with pytest.raises(ArgumentError, match="strictly causal"):
     next(leaky.stream(2, max_frames=4, decode=False))
+  bidirectional = generate.Generator(leaky.config, _model(num_frames=4, temporal_attention=
+                                                          "bidirectional"), None, _grid())
+  with pytest.raises(ArgumentError, match="bidirectionally"):
+    next(bidirectional.stream(2, max_frames=4, decode=False))
+  with pytest.warns(UserWarning, match="full mode.*bidirectionally"):
+    assert bidirectional.default_mode == "full"
   with pytest.raises(ArgumentError, match="longer than the stream's ring of 4 frames"):
     next(_generator(num_frames=4).stream(2, context=_context(5), decode=False))
   conditional = _generator(num_classes=3)
