@@ -91,6 +91,31 @@ def plot_windows(path, series: dict, real: dict, window: int,
   return _save(fig, path)
 
 
+def plot_ablations(path, s_values, series: dict, labels: dict):
+  """One panel per statistic against s, one line per model with its seed spread as error
+  bars: `series` maps a model to {statistic: [cell per s]}, a cell being None or a dict
+  with "mean" and "std"; `labels` names the statistics. Statistics no model has are left
+  out."""
+  keys = [k for k in labels if any(c for cells in series.values() for c in cells[k])]
+  columns = min(3, max(1, len(keys)))
+  rows = max(1, -(-len(keys) // columns))
+  fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False,
+                           constrained_layout=True)
+  for ax, key in zip(axes.ravel(), keys):
+    for name, cells in series.items():
+      points = [(s, c["mean"], c["std"]) for s, c in zip(s_values, cells[key]) if c]
+      if points:
+        xs, means, stds = zip(*points)
+        ax.errorbar(xs, means, yerr=np.nan_to_num(stds), marker="o", ms=3, capsize=2, label=name)
+    ax.set_xlabel("timestep difference s")
+    ax.set_title(labels[key], fontsize=10)
+  for ax in axes.ravel()[len(keys):]:
+    ax.axis("off")
+  axes[0, 0].legend(fontsize=6)
+  fig.suptitle("Ablations by s: mean and standard deviation over seeds")
+  return _save(fig, path)
+
+
 def _save(fig, path):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

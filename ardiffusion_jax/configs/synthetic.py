@@ -10,6 +10,9 @@ Variants:
   vae_smoke   stages 1-2 at smoke size.
   paper    the paper's official DiT (1152 wide, 28 deep, 16 heads) in bf16 with remat,
            batch 16 per device, FSDP over 8 devices: for planning and GPU runs.
+  ablate   the paper's Table 3 rows and Table 2's s on the demo's data and models, 3 seeds
+           a row (`ardiff ablate`, ardiffusion_jax/ablate.py).
+  ablate_smoke  the same at smoke size, 2 seeds: CI.
 
 Run:
   ardiff demo --config configs/synthetic.py:default --workdir runs/demo
@@ -20,15 +23,21 @@ Run:
       --set vae_train.init_from="'runs/vae'"
   ardiff train-vae --config configs/synthetic.py:vae_motion --workdir runs/vae_motion \
       --set vae_train.init_from="'runs/demo/vae'"
+  ardiff ablate --config configs/synthetic.py:ablate --workdir runs/ablate \
+      --set ablate.tokenizer_from="'runs/demo/vae'"
+  ardiff ablate --config configs/synthetic.py:ablate_smoke --workdir runs/ablate_smoke
 """
 
 import ml_collections
 
-VARIANTS = ("default", "smoke", "paper", "vae", "vae_causal", "vae_motion", "vae_smoke")
+VARIANTS = ("default", "smoke", "paper", "vae", "vae_causal", "vae_motion", "vae_smoke",
+            "ablate", "ablate_smoke")
 
 
 def get_config(arg=None):
   variant = arg or "default"
+  if variant in ("ablate", "ablate_smoke"):
+    return _ablation_config(variant)
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} for configs/synthetic.py; expected one of {VARIANTS}")
   smoke = variant in ("smoke", "vae_smoke")
@@ -223,5 +232,49 @@ def get_config(arg=None):
       class_conditional=True,
       # Held-out clips: the VAE's PSNR and reconstruction physics, the samples' reference.
       real_clips=8 if smoke else 64,
+  ))
+  return config
+
+
+def _ablation_config(variant):
+  """The demo's config (smoke's for ablate_smoke) and the `ablate` section."""
+  smoke = variant == "ablate_smoke"
+  config = get_config("smoke" if smoke else "default")
+  config.variant = variant
+  # A third of the demo's DiT steps: 7 rows x 3 seeds of DiTs, each sampled 64 times at
+  # five s, must fit in about 2 hours of the 2-core CPU.
+  config.train.steps = 20 if smoke else 400
+  if smoke:
+    # CI trains 14 DiTs: the tiny preset, unrolled, compiles in a fraction of the time.
+    # 16 frames, as `ardiff eval` scores: a bidirectional DiT cannot sample them at s = 0
+    # from a shorter window.
+    config.dit.update(size="tiny", scan_layers=False, num_frames=16)
+    config.data.num_frames = config.sample.num_frames = 16
+  # Neither tokenizer has an adversarial stage (the demo's has none either).
+  config.vae_train.disc_start = -1
+  # The AR-VAE's stage 3 (the temporal-causal decoder, trained alone on clips), after
+  # the demo's frames stage.
+  causal = get_config("vae_causal").vae_train
+  causal.update(batch_size=2, log_every=config.vae_train.log_every,
+                checkpoint_every=config.vae_train.checkpoint_every)
+  config.ablate = ml_collections.ConfigDict(dict(
+      rows=("ar_diffusion", "no_fopp", "no_improved_vae", "no_causal_attention", "no_x0",
+            "no_nondecreasing", "official"),
+      seeds=2 if smoke else 3,
+      s_values=(0, 2) if smoke else (0, 5, 10, 25, 50),
+      table_s=2 if smoke else 5,  # Table 3's columns at this s; every s is in the plot
+      videos=2 if smoke else 64,  # per s, against as many held-out clips
+      # physics, plus fvd16 if there is time: I3D takes 1.7 s a clip on the 2-core CPU
+      # (docs/results.md#metrics), about 3 hours for every row, seed and s here.
+      metrics=("physics",),
+      fid_weights="",  # an InceptionV3 .npz (ardiff convert fid-inception) adds FID-img
+      batch_size=2 if smoke else 16,
+      no_fopp_scheme="increasing_uniform",  # or naive_increasing
+      plain_token_dim=12,  # "- improved VAE": the authors' 12 channels a token
+      # Stage 3's steps; 0 skips it. Smoke: its compilation alone took 5 minutes on the
+      # slow 2-core CPU, and its chaining is tested without training (test_ablate.py).
+      causal_steps=0 if smoke else 300,
+      causal_vae_train=causal,
+      tokenizer_from="",  # a trained frames-stage run to start from, e.g. runs/demo/vae
   ))
   return config

@@ -11,7 +11,7 @@ import pytest
 from ardiffusion_jax import bench, cli
 from tests import support
 
-SUBCOMMANDS = ["demo", "train-vae", "extract", "train", "sample", "stream", "eval", "convert", "plan", "bench"]
+SUBCOMMANDS = ["demo", "ablate", "train-vae", "extract", "train", "sample", "stream", "eval", "convert", "plan", "bench"]
 
 
 def test_help_lists_every_planned_subcommand():
