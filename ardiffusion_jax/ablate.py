@@ -219,6 +219,7 @@ def run(config, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   ablate = config.ablate
   _cache_compilations(workdir)
+  metrics = list(ablate.metrics) + (["fid_img"] if ablate.fid_weights else [])
   tokenizers = {}
   for row in ablate.rows:
     name = tokenizer_of(row)
@@ -231,7 +232,6 @@ def run(config, workdir) -> dict:
       row_cfg = row_config(config, row, seed)
       row_cfg.train.latents_dir = str(tokenizers[name]["latents"])
       train_dit.train(row_cfg, folder / "dit")
-      metrics = list(ablate.metrics) + (["fid_img"] if ablate.fid_weights else [])
       evaluate.evaluate(row_cfg, folder / "dit", folder / "eval", metrics, list(ablate.s_values),
                         ablate.videos, vae_ckpt=tokenizers[name]["vae"],
                         batch_size=ablate.batch_size, seed=seed,
