@@ -178,7 +178,7 @@ def _check_sampling(row_cfg, row: str):
       raise ConfigError("ablate.s_values", f"row {row!r} cannot sample s = {s}: {error}") from error
 
 
-def _tokenizer(config, workdir: pathlib.Path, name: str) -> dict:
+def _tokenizer(config, workdir: pathlib.Path, name: str, devices=None) -> dict:
   """Trains (or resumes) a tokenizer's stages and extracts its latents; returns the paths
   {"vae": its last run, "latents": its shards}. The improved tokenizer's frames stage may
   be an existing run (`ablate.tokenizer_from`, e.g. the demo's `runs/demo/vae`)."""
@@ -191,7 +191,7 @@ def _tokenizer(config, workdir: pathlib.Path, name: str) -> dict:
       continue
     if previous is not None:
       stage_config.vae_train.init_from = str(previous)
-    train_vae.train(stage_config, folder / stage)
+    train_vae.train(stage_config, folder / stage, devices=devices)
     previous = folder / stage
   extract_lib.extract(config, previous, folder / "latents")
   return {"vae": previous, "latents": folder / "latents"}
@@ -211,8 +211,10 @@ def _cache_compilations(workdir: pathlib.Path):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def run(config, workdir) -> dict:
-  """Trains and scores every row at every seed (resuming), then writes the tables."""
+def run(config, workdir, devices=None) -> dict:
+  """Trains and scores every row at every seed (resuming), then writes the tables.
+  The tokenizers and DiTs train on `devices` (all of them by default), as `ardiff train`
+  and `train-vae` do."""
   from ardiffusion_jax.eval import evaluate
   from ardiffusion_jax.train import dit as train_dit
   check(config)
@@ -224,14 +226,14 @@ def run(config, workdir) -> dict:
   for row in ablate.rows:
     name = tokenizer_of(row)
     if name not in tokenizers:
-      tokenizers[name] = _tokenizer(config, workdir, name)
+      tokenizers[name] = _tokenizer(config, workdir, name, devices)
     for seed in range(ablate.seeds):
       folder = workdir / "rows" / row / f"seed{seed}"
       if (folder / "eval" / "eval.json").exists():
         continue
       row_cfg = row_config(config, row, seed)
       row_cfg.train.latents_dir = str(tokenizers[name]["latents"])
-      train_dit.train(row_cfg, folder / "dit")
+      train_dit.train(row_cfg, folder / "dit", devices=devices)
       evaluate.evaluate(row_cfg, folder / "dit", folder / "eval", metrics, list(ablate.s_values),
                         ablate.videos, vae_ckpt=tokenizers[name]["vae"],
                         batch_size=ablate.batch_size, seed=seed,

@@ -128,19 +128,21 @@ def test_the_ar_vae_stages_chain_from_a_reused_frames_run(tmp_path, monkeypatch)
   not retrained); latents come from the last stage."""
   from ardiffusion_jax.train import vae as train_vae
   trained, extracted = [], []
-  monkeypatch.setattr(train_vae, "train", lambda cfg, folder: trained.append(
-      (folder.name, cfg.vae_train.init_from, cfg.vae.temporal_causal)))
+  monkeypatch.setattr(train_vae, "train", lambda cfg, folder, devices: trained.append(
+      (folder.name, cfg.vae_train.init_from, cfg.vae.temporal_causal, devices)))
   monkeypatch.setattr(ablate.extract_lib, "extract", lambda cfg, vae, out: extracted.append(vae))
   staged = ("ablate.causal_steps=4",)
-  paths = ablate._tokenizer(_config(*staged), tmp_path, "improved")
-  assert trained == [("frames", "", False), ("vae", str(tmp_path / "tokenizers/improved/frames"), True)]
+  one = ["cpu:0"]  # the devices are handed on as they are
+  paths = ablate._tokenizer(_config(*staged), tmp_path, "improved", one)
+  assert trained == [("frames", "", False, one),
+                     ("vae", str(tmp_path / "tokenizers/improved/frames"), True, one)]
   assert paths["vae"] == extracted[-1] == tmp_path / "tokenizers/improved/vae"
   reused = ("ablate.tokenizer_from='runs/demo/vae'",)
   trained.clear()
   paths = ablate._tokenizer(_config(*staged, *reused), tmp_path, "improved")
-  assert trained == [("vae", "runs/demo/vae", True)]
+  assert trained == [("vae", "runs/demo/vae", True, None)]
   trained.clear()
   paths = ablate._tokenizer(_config(*reused), tmp_path, "improved")  # no stage 3 (smoke)
   assert trained == [] and str(paths["vae"]) == "runs/demo/vae"
   ablate._tokenizer(_config(*staged, *reused), tmp_path, "plain")
-  assert trained == [("vae", "", False)]  # the plain tokenizer never starts from the AR-VAE
+  assert trained == [("vae", "", False, None)]  # the plain tokenizer never starts from the AR-VAE

@@ -42,6 +42,14 @@ def test_demo_reports_config_errors(tmp_path, capsys):
   assert "config.vae.patch_size" in capsys.readouterr().err
 
 
+def test_ablate_refuses_bad_settings_before_training(tmp_path, capsys):
+  code = cli.main(["ablate", "--config", "configs/synthetic.py:ablate_smoke", "--set",
+                   "ablate.seeds=1", "--workdir", str(tmp_path)])
+  assert code == 1
+  assert "ablate.seeds" in capsys.readouterr().err
+  assert not (tmp_path / "tokenizers").exists()
+
+
 def test_timesteps_benchmark_runs_and_writes_json(tmp_path):
   out = tmp_path / "timesteps.json"
   assert bench.main(["timesteps", "--batch", "8", "--frames", "4", "--timesteps", "20",
