@@ -243,8 +243,9 @@ def run(config, workdir, devices=None) -> dict:
 
 def summarize(config, workdir) -> dict:
   """{row: {s: {statistic: {"values": [per seed], "mean", "std"}}}} from the finished
-  evaluations (seeds where a statistic could not be measured are left out of it), and
-  each row's difference from ar_diffusion at every s with Welch's t-test over seeds."""
+  evaluations (seeds where a statistic could not be measured are left out of it), each
+  row's difference from ar_diffusion at every s with Welch's t-test over seeds
+  ("difference"), and each Table 3 row's difference from the row above it ("step")."""
   workdir = pathlib.Path(workdir)
   ablate = config.ablate
   table = {}
@@ -265,20 +266,24 @@ def summarize(config, workdir) -> dict:
           cells[key] = {"values": values, "mean": float(np.mean(values)),
                         "std": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan}
       table[row]["by_s"][str(s)] = cells
-  reference = table.get("ar_diffusion")
   for row, entry in table.items():
-    if row == "ar_diffusion" or reference is None:
-      continue
-    entry["difference"] = {}
-    for s, cells in entry["by_s"].items():
-      diffs = {}
-      for key, cell in cells.items():
-        ref = reference["by_s"].get(s, {}).get(key)
-        if ref is None:
-          continue
-        diffs[key] = {"delta": cell["mean"] - ref["mean"], "p": welch_p(cell["values"], ref["values"])}
-      entry["difference"][s] = diffs
+    if row != "ar_diffusion" and "ar_diffusion" in table:
+      entry["difference"] = _differences(entry, table["ar_diffusion"])
+    # Table 3 is cumulative: a row's own change is what separates it from the row above.
+    above = TABLE3[TABLE3.index(row) - 1] if row in TABLE3[1:] else None
+    if above in table:
+      entry["step"] = _differences(entry, table[above])
   return table
+
+
+def _differences(entry, reference) -> dict:
+  """{s: {statistic: {"delta", "p"}}}: entry's means less reference's, Welch's p."""
+  out = {}
+  for s, cells in entry["by_s"].items():
+    out[s] = {key: {"delta": cell["mean"] - ref["mean"], "p": welch_p(cell["values"], ref["values"])}
+              for key, cell in cells.items()
+              if (ref := reference["by_s"].get(s, {}).get(key)) is not None}
+  return out
 
 
 def welch_p(a, b) -> float:
@@ -312,24 +317,14 @@ def markdown(config, table: dict) -> str:
     cells = entry["by_s"].get(s_table, {})
     lines.append(f"| {ROW_NAMES[row]} | {entry['seeds']} | "
                  + " | ".join(_cell(cells.get(k)) for k in keys) + " |")
-  lines += ["", f"## Differences from AR-Diffusion at s = {s_table}", "",
-            "Row mean less AR-Diffusion's, with the two-sided p-value of Welch's t-test over "
-            "seeds (p < 0.05 in bold; – where a side has fewer than 2 seeds).", "",
-            "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-  for row, entry in table.items():
-    if "difference" not in entry:
-      continue
-    diffs = entry["difference"].get(s_table, {})
-    cells = []
-    for k in keys:
-      d = diffs.get(k)
-      if d is None:
-        cells.append("–")
-        continue
-      p = "–" if math.isnan(d["p"]) else f"{d['p']:.3f}"
-      text = f"{d['delta']:+.2f} (p {p})"
-      cells.append(f"**{text}**" if not math.isnan(d["p"]) and d["p"] < 0.05 else text)
-    lines.append(f"| {ROW_NAMES[row]} | " + " | ".join(cells) + " |")
+  lines += _difference_table(
+      table, "difference", keys, names, s_table, f"## Differences from AR-Diffusion at s = {s_table}",
+      "Row mean less AR-Diffusion's, with the two-sided p-value of Welch's t-test over seeds "
+      "(p < 0.05 in bold; – where a side has fewer than 2 seeds).")
+  lines += _difference_table(
+      table, "step", keys, names, s_table, f"## Each row against the row above it at s = {s_table}",
+      "Table 3's rows each drop one more part, so a row's own part is what separates it from "
+      "the row above: row mean less that row's, with Welch's p as above.")
   if "ar_diffusion" in table:
     lines += ["", "## Table 2: AR-Diffusion by s", "",
               "| s | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -340,6 +335,27 @@ def markdown(config, table: dict) -> str:
             "over the real clips' (1 is a match); seconds per video are the sampler's, without "
             "decoding."]
   return "\n".join(lines) + "\n"
+
+
+def _difference_table(table, field, keys, names, s, title, explanation) -> list:
+  """Markdown lines of the rows' `field` ("difference" or "step") at s; none if no row has one."""
+  rows = [(row, entry[field].get(s, {})) for row, entry in table.items() if field in entry]
+  if not rows:
+    return []
+  lines = ["", title, "", explanation, "",
+           "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for row, diffs in rows:
+    cells = []
+    for k in keys:
+      d = diffs.get(k)
+      if d is None:
+        cells.append("–")
+        continue
+      p = "–" if math.isnan(d["p"]) else f"{d['p']:.3f}"
+      text = f"{d['delta']:+.2f} (p {p})"
+      cells.append(f"**{text}**" if not math.isnan(d["p"]) and d["p"] < 0.05 else text)
+    lines.append(f"| {ROW_NAMES[row]} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def write_report(config, workdir) -> dict:

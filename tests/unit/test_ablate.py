@@ -146,3 +146,29 @@ def test_the_ar_vae_stages_chain_from_a_reused_frames_run(tmp_path, monkeypatch)
   assert trained == [] and str(paths["vae"]) == "runs/demo/vae"
   ablate._tokenizer(_config(*staged, *reused), tmp_path, "plain")
   assert trained == [("vae", "", False, None)]  # the plain tokenizer never starts from the AR-VAE
+
+
+def test_each_table3_row_is_also_set_against_the_row_above(tmp_path):
+  """The step of a cumulative row is measured from the row just above it; a row whose
+  row above was not run gets no step (its difference would span two changes)."""
+  config = _config("ablate.rows=('ar_diffusion', 'no_fopp', 'no_improved_vae', 'no_x0', 'official')",
+                   "ablate.seeds=2")
+  accel = {"ar_diffusion": (2.0, 2.2), "no_fopp": (5.0, 5.4), "no_improved_vae": (6.0, 6.2),
+           "no_x0": (9.0, 9.4), "official": (3.0, 3.2)}
+  for row, values in accel.items():
+    for seed, a in enumerate(values):
+      _eval_json(tmp_path / "rows" / row / f"seed{seed}" / "eval", {0: (2.0, a), 2: (2.0, a)})
+  table = ablate.summarize(config, tmp_path)
+  step = lambda row: table[row]["step"]["2"]["acceleration_ratio"]
+  assert step("no_fopp")["delta"] == pytest.approx(3.1)
+  assert step("no_fopp")["delta"] == pytest.approx(table["no_fopp"]["difference"]["2"][
+      "acceleration_ratio"]["delta"])
+  assert step("no_improved_vae")["delta"] == pytest.approx(0.9)
+  assert step("no_improved_vae")["p"] == pytest.approx(ablate.welch_p([6.0, 6.2], [5.0, 5.4]))
+  assert table["no_improved_vae"]["difference"]["2"]["acceleration_ratio"]["delta"] == pytest.approx(4.0)
+  # no_causal_attention was not run: no_x0 has no row above; the official variant is no row of Table 3.
+  assert "step" not in table["no_x0"] and "step" not in table["official"]
+  assert "step" not in table["ar_diffusion"]
+  text = ablate.markdown(config, table)
+  assert "## Each row against the row above it at s = 2" in text
+  assert "| − improved VAE | +0.00 (p –) | +0.00 (p –) | +0.00 (p –) | +0.90 (p " in text
