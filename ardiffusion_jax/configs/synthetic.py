@@ -241,8 +241,10 @@ def _ablation_config(variant):
   smoke = variant == "ablate_smoke"
   config = get_config("smoke" if smoke else "default")
   config.variant = variant
-  # A third of the demo's DiT steps: 7 rows x 3 seeds of DiTs, each sampled 64 times at
-  # five s, must fit in about 2 hours of the 2-core CPU.
+  # A third of the demo's DiT steps: the 6 Table 3 rows x 3 seeds of DiTs, each sampled
+  # 64 times at five s, take about 2 hours of the slow 2-core CPU (estimated from the run
+  # of 2026-12-07, made in parts); the official variant's 3 (77 context tokens,
+  # full-mode sampling) add most of an hour (docs/results.md).
   config.train.steps = 20 if smoke else 400
   if smoke:
     # CI trains 14 DiTs: the tiny preset, unrolled, compiles in a fraction of the time.
@@ -265,7 +267,8 @@ def _ablation_config(variant):
       table_s=2 if smoke else 5,  # Table 3's columns at this s; every s is in the plot
       videos=2 if smoke else 64,  # per s, against as many held-out clips
       # physics, plus fvd16 if there is time: I3D takes 1.7 s a clip on the 2-core CPU
-      # (docs/results.md#metrics), about 3 hours for every row, seed and s here.
+      # (docs/results.md#metrics): 21 models x (64 real + 5 x 64 sampled clips), about
+      # 4 hours here.
       metrics=("physics",),
       fid_weights="",  # an InceptionV3 .npz (ardiff convert fid-inception) adds FID-img
       batch_size=2 if smoke else 16,
