@@ -209,6 +209,13 @@ def validate(config: ml_collections.ConfigDict, num_devices=None):
            f"need 0 < beta_start < beta_end < 1, got {diff.beta_start}, {diff.beta_end}")
   _require(diff.parameterization in PARAMETERIZATIONS, "diffusion.parameterization",
            f"unknown {diff.parameterization!r}; expected one of {PARAMETERIZATIONS}")
+  snr_clip = tuple(diff.get("loss_snr_clip", ()))
+  numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in snr_clip)
+  _require(snr_clip == () or (len(snr_clip) == 2 and numbers and 0 <= snr_clip[0] <= snr_clip[1]
+                              and snr_clip[1] > 0),
+           "diffusion.loss_snr_clip",
+           f"expected () for the unweighted loss or (lo, hi) with 0 <= lo <= hi and hi > 0, "
+           f"got {snr_clip!r}")
   _require(diff.timestep_scheme in timesteps.SCHEMES, "diffusion.timestep_scheme",
            f"unknown scheme {diff.timestep_scheme!r}; expected one of {timesteps.SCHEMES}")
   _require(diff.ddim_grid in ("official", "clean"), "diffusion.ddim_grid",

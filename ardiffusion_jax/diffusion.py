@@ -119,6 +119,26 @@ def alphas_from_config(diffusion_config) -> np.ndarray:
   return alphas_cumprod(betas)
 
 
+def loss_weights(alphas_cumprod: np.ndarray, parameterization: str, snr_clip=()):
+  """Per-timestep weights [T] of the training MSE, or None for the unweighted loss.
+
+  `snr_clip = (lo, hi)` weighs the x̂0 error at level t by clip(SNR_t, lo, hi), SNR_t =
+  ᾱ_t / (1 − ᾱ_t): (1, inf) is Salimans & Ho's truncated SNR, (0, γ) Min-SNR-γ. The
+  unweighted x0 loss spends its gradient where the x̂0 error is large, at high noise;
+  a floor of 1 keeps that part as it is and the rest of the range lifts the low-noise
+  levels, whose x̂0 errors are small but decide positions and edges. The weights are
+  written for the parameterization's own target (its MSE is SNR_t times the x̂0 error
+  for eps, 1 + SNR_t times for v) and scaled so the x̂0 weights average 1 over t.
+  """
+  if not snr_clip:
+    return None
+  lo, hi = snr_clip
+  snr = alphas_cumprod / (1.0 - alphas_cumprod)
+  x0_weights = np.clip(snr, lo, hi)
+  own_scale = {"x0": np.ones_like(snr), "eps": snr, "v": 1.0 + snr}[parameterization]
+  return (x0_weights / own_scale / x0_weights.mean()).astype(np.float32)
+
+
 class DDIMGrid(NamedTuple):
   """A DDIM grid indexed by k, the number of steps a frame has completed after a row.
 

@@ -153,6 +153,9 @@ def get_config(arg=None):
       beta_start=1e-4,
       beta_end=0.02,
       parameterization="x0",
+      # () trains on the unweighted MSE, as the authors do; (lo, hi) weighs each frame's
+      # x̂0 error by clip(SNR_t, lo, hi) (diffusion.loss_weights).
+      loss_snr_clip=(),
       timestep_scheme="fopp",
       ddim_grid="clean",
       sampling_steps=10 if smoke else 50,

@@ -37,7 +37,9 @@ def draw_noise(key, batch, diffusion_config):
 
 
 def dit_loss(params, constants, model, batch, draws, diffusion_config, label_dropout: float):
-  """Unweighted MSE between the model output and the target, averaged over frames.
+  """MSE between the model output and the target, each frame's weighted by its level
+  (`diffusion.loss_weights`; unweighted by default, as the authors train), averaged
+  over frames.
 
   Returns (loss, loss per frame position [F]).
   """
@@ -54,6 +56,10 @@ def dit_loss(params, constants, model, batch, draws, diffusion_config, label_dro
   alpha = diffusion.per_frame(alphas, t, latents.ndim)
   target = diffusion.training_target(latents, noise, alpha, diffusion_config.parameterization)
   per_example_frame = jnp.mean(jnp.square(prediction - target), axis=(2, 3))  # [B, F]
+  weights = diffusion.loss_weights(alphas, diffusion_config.parameterization,
+                                   diffusion_config.get("loss_snr_clip", ()))
+  if weights is not None:
+    per_example_frame = per_example_frame * jnp.asarray(weights)[t]
   return per_example_frame.mean(), per_example_frame.mean(0)
 
 

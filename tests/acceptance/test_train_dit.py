@@ -105,6 +105,27 @@ def test_the_dit_learns_and_logs_loss_per_frame():
   assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
 
 
+def test_snr_weighting_scales_each_frames_error_by_its_level():
+  from ardiffusion_jax import diffusion
+  config = _config()
+  model = dit.dit_from_config(config.dit)
+  batch = _latents(config, batch=1)
+  draws = train_dit.draw_noise(jax.random.key(3), batch, config.diffusion)
+  variables = model.init(jax.random.key(0), batch["latents"], draws["t"], batch["label"])
+  loss = lambda diffusion_config: train_dit.dit_loss(
+      variables["params"], variables.get("constants", {}), model, batch, draws,
+      diffusion_config, label_dropout=0.0)
+  plain, plain_per_frame = loss(config.diffusion)
+  weighted_config = config.diffusion.copy_and_resolve_references()
+  weighted_config.loss_snr_clip = (1.0, 5.0)
+  weighted, weighted_per_frame = loss(weighted_config)
+  weights = diffusion.loss_weights(diffusion.alphas_from_config(config.diffusion), "x0", (1, 5))
+  expected = np.asarray(plain_per_frame) * weights[np.asarray(draws["t"][0])]
+  np.testing.assert_allclose(weighted_per_frame, expected, rtol=1e-5)
+  np.testing.assert_allclose(weighted, expected.mean(), rtol=1e-5)
+  assert not np.allclose(weighted, plain)
+
+
 def test_plan_reports_fsdp_sharded_state_memory():
   from ardiffusion_jax.train import plan
   results = {}

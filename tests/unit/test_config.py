@@ -74,6 +74,10 @@ def test_the_paper_dit_configs_keep_one_latent_token_a_transformer_token(dataset
     (["dit.attention_chunks=3"], "dit.attention_chunks"),
     (["dit.token_patch=3"], "dit.token_patch"),
     (["dit.temporal_attention='acausal'"], "dit.temporal_attention"),
+    (["diffusion.loss_snr_clip=(5, 1)"], "diffusion.loss_snr_clip"),
+    (["diffusion.loss_snr_clip=(1,)"], "diffusion.loss_snr_clip"),
+    (["diffusion.loss_snr_clip=(0, 0)"], "diffusion.loss_snr_clip"),
+    (["diffusion.loss_snr_clip=('a', 5)"], "diffusion.loss_snr_clip"),
 ])
 def test_bad_fields_are_named(overrides, field):
   with pytest.raises(ConfigError) as error:

@@ -122,3 +122,20 @@ def test_grid_timesteps_follow_the_ad_matrix():
   assert np.all(model_t[-1] == 1)
   with pytest.raises(ValueError, match="unknown DDIM grid"):
     diffusion.ddim_grid("fancy", ALPHAS)
+
+
+def test_loss_weights_clip_the_snr_of_the_x0_error():
+  alphas = diffusion.alphas_cumprod(diffusion.beta_schedule("scaled_linear"))
+  snr = alphas / (1 - alphas)
+  assert diffusion.loss_weights(alphas, "x0", ()) is None  # the authors' unweighted loss
+  x0 = diffusion.loss_weights(alphas, "x0", (1, 5))
+  np.testing.assert_allclose(x0.mean(), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(x0 / x0[0], np.clip(snr, 1, 5) / 5, rtol=1e-5)
+  assert x0[0] == x0.max() and x0[-1] == x0.min() and np.all(np.diff(x0) <= 0)
+  # Min-SNR-gamma vanishes at high noise; the floor of 1 keeps it.
+  assert diffusion.loss_weights(alphas, "x0", (0, 5))[-1] < 0.01 * x0[-1]
+  # The same weighting of the x0 error, written for the eps and v targets: an eps error
+  # e is an x0 error e / SNR, a v error e an x0 error e / (1 + SNR).
+  np.testing.assert_allclose(diffusion.loss_weights(alphas, "eps", (1, 5)) * snr, x0, rtol=1e-5)
+  np.testing.assert_allclose(diffusion.loss_weights(alphas, "v", (1, 5)) * (1 + snr), x0,
+                             rtol=1e-5)
