@@ -132,8 +132,11 @@ def sampling_stage(config, workdir: pathlib.Path) -> dict:
   """Samples at every s and the long videos (labels cycled through the classes when
   demo.class_conditional); decodes; scores physics against held-out
   real clips, novelty against the training clips, and the long videos window by window.
-  A setting whose sample.json exists is not redone."""
-  generator = generate.Generator.from_checkpoint(workdir / "dit", vae_ckpt=workdir / "vae")
+  A setting whose sample.json exists is not redone. The sampler's steps and η are this
+  config's, so a finished DiT samples again with others (`--set diffusion.eta=…` after
+  removing samples/), not with those saved when it trained."""
+  generator = generate.Generator.from_checkpoint(
+      workdir / "dit", vae_ckpt=workdir / "vae", sampling_steps=config.diffusion.sampling_steps)
   demo, window = config.demo, config.data.num_frames
   real = _clips(BouncingShapes.held_out(config.data, demo.real_clips))
   settings = [(f"s{s}", config.sample.num_frames, s, demo.sample_videos)
@@ -151,7 +154,7 @@ def sampling_stage(config, workdir: pathlib.Path) -> dict:
       results[name] = json.loads(summary_file.read_text())
       continue
     latents, timing = generator.sample_latents(num, frames, s, batch_size=num, seed=config.seed,
-                                               label=labels(num))
+                                               label=labels(num), eta=config.diffusion.eta)
     videos = generator.decode(latents, batch_size=demo.decode_batch)
     # Physics over windows as long as the real clips it is compared with.
     usable = frames - frames % window
@@ -165,6 +168,7 @@ def sampling_stage(config, workdir: pathlib.Path) -> dict:
       extra["windows"] = physics.per_window(videos[:, :usable], window)
     results[name] = generate.write_outputs(out, videos, latents,
                                            dict(frames=frames, s=s, num=num,
+                                                eta=config.diffusion.eta,
                                                 labels="cycled" if classes else "null",
                                                 **extra, **timing),
                                            grid_videos=demo.grid_videos)

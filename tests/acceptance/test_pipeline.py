@@ -88,6 +88,22 @@ def test_demo_resumes_without_redoing_finished_stages(demo_dir):
   assert sample_json.stat().st_mtime_ns == before
 
 
+def test_a_resumed_demo_samples_with_its_own_sampler_settings(demo_dir, tmp_path):
+  # The DiT's run saved the sampler settings it trained with; sampling again after
+  # removing a setting's samples takes the new config's steps and eta instead.
+  import shutil
+  workdir = tmp_path / "demo"
+  shutil.copytree(demo_dir, workdir)
+  shutil.rmtree(workdir / "samples" / "s0")
+  kept = (workdir / "samples" / "s5" / "sample.json").read_text()
+  assert cli.main(["demo", "--config", "configs/synthetic.py:smoke", "--workdir", str(workdir),
+                   "--set", "diffusion.sampling_steps=20", "--set", "diffusion.eta=1.0"]) == 0
+  assert json.loads((demo_dir / "samples" / "s0" / "sample.json").read_text())["rows"] == 10
+  resampled = json.loads((workdir / "samples" / "s0" / "sample.json").read_text())
+  assert (resampled["rows"], resampled["eta"]) == (20, 1.0)
+  assert (workdir / "samples" / "s5" / "sample.json").read_text() == kept
+
+
 def test_sample_cli_writes_videos_and_continues_a_video(demo_dir, tmp_path):
   out = tmp_path / "plain"
   assert cli.main(["sample", "--ckpt", str(demo_dir / "dit"), "--frames", "12", "--s", "3",
