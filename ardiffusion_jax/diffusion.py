@@ -123,10 +123,11 @@ def loss_weights(alphas_cumprod: np.ndarray, parameterization: str, snr_clip=())
   """Per-timestep weights [T] of the training MSE, or None for the unweighted loss.
 
   `snr_clip = (lo, hi)` weighs the x̂0 error at level t by clip(SNR_t, lo, hi), SNR_t =
-  ᾱ_t / (1 − ᾱ_t): (1, inf) is Salimans & Ho's truncated SNR, (0, γ) Min-SNR-γ. The
+  ᾱ_t / (1 − ᾱ_t): (1, ∞) is Salimans & Ho's truncated SNR, (0, γ) Min-SNR-γ. The
   unweighted x0 loss spends its gradient where the x̂0 error is large, at high noise;
-  a floor of 1 keeps that part as it is and the rest of the range lifts the low-noise
-  levels, whose x̂0 errors are small but decide positions and edges. The weights are
+  the range above 1 lifts the low-noise levels, whose x̂0 errors are small but decide
+  positions and edges, and a floor of 1 keeps the high-noise levels' weight from
+  vanishing as Min-SNR's does (SNR_999 ≈ 0.005 on scaled_linear). The weights are
   written for the parameterization's own target (its MSE is SNR_t times the x̂0 error
   for eps, 1 + SNR_t times for v) and scaled so the x̂0 weights average 1 over t.
   """
