@@ -18,7 +18,6 @@ from ardiffusion_jax.errors import ArgumentError, ConfigError
 
 CONFIGS = "configs"  # the folder name configs are given under: configs/<name>.py
 MESH_AXES = ("data", "fsdp", "tensor")
-PARAMETERIZATIONS = ("x0", "eps", "v")
 
 
 def resolve_config_path(path: str) -> pathlib.Path:
@@ -207,8 +206,8 @@ def validate(config: ml_collections.ConfigDict, num_devices=None):
            f"unknown schedule {diff.beta_schedule!r}; expected one of {diffusion.BETA_SCHEDULES}")
   _require(0 < diff.beta_start < diff.beta_end < 1, "diffusion.beta_start",
            f"need 0 < beta_start < beta_end < 1, got {diff.beta_start}, {diff.beta_end}")
-  _require(diff.parameterization in PARAMETERIZATIONS, "diffusion.parameterization",
-           f"unknown {diff.parameterization!r}; expected one of {PARAMETERIZATIONS}")
+  _require(diff.parameterization in diffusion.PARAMETERIZATIONS, "diffusion.parameterization",
+           f"unknown {diff.parameterization!r}; expected one of {diffusion.PARAMETERIZATIONS}")
   snr_clip = tuple(diff.get("loss_snr_clip", ()))
   numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in snr_clip)
   _require(snr_clip == () or (len(snr_clip) == 2 and numbers and 0 <= snr_clip[0] <= snr_clip[1]

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 BETA_SCHEDULES = ("scaled_linear", "linear", "cosine")
+# What a denoiser outputs: the clean latents (the method's), the noise, or v.
+PARAMETERIZATIONS = ("x0", "eps", "v")
 
 
 def beta_schedule(name: str, num_timesteps: int = 1000, beta_start: float = 1e-4,

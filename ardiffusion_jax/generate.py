@@ -140,7 +140,8 @@ class Generator:
     eta = self.config.diffusion.eta if eta is None else eta
     plan, sample = sampling.make_sampler(self.model, self.grid, num_frames=num_frames, s=s,
                                          context_frames=context_frames, mode=mode,
-                                         cfg_scale=cfg_scale, eta=eta, progress=progress)
+                                         cfg_scale=cfg_scale, eta=eta, progress=progress,
+                                         parameterization=self.config.diffusion.parameterization)
     return plan, jax.jit(sample, static_argnums=2)
 
   def sample_latents(self, num: int, num_frames: int, s: int, *, batch_size: int = 8,
@@ -259,7 +260,8 @@ class Generator:
     depend only on what is static in a chunk (the rows are arguments), so streams that
     agree on it share them: a second stream, or a longer one, compiles nothing."""
     stream = sampling.make_stream(self.model, self.grid, s=s, context_frames=context_frames,
-                                  max_frames=max_frames, cfg_scale=cfg, eta=eta)
+                                  max_frames=max_frames, cfg_scale=cfg, eta=eta,
+                                  parameterization=self.config.diffusion.parameterization)
     plan = stream.plan
     static = (s, context_frames, float(cfg), float(eta), plan.window, plan.cache_slots,
               plan.attention_window)

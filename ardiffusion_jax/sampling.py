@@ -276,6 +276,9 @@ class _Steps:
   cfg_scale: float
   eta: float
   progress: Optional[Callable[[int], None]]
+  # What the model outputs ('x0', 'eps' or 'v'; the run's diffusion.parameterization):
+  # every row turns it into x̂0 at each frame's current level before the DDIM update.
+  parameterization: str = "x0"
 
   def predictor(self, variables):
     return _denoiser(*dit.unrolled(self.model, variables), self.cfg_scale,
@@ -324,8 +327,10 @@ class _Steps:
         cache = _write(cache, kv, frame, ids, tokens)
       window = jax.lax.dynamic_slice_in_dim(x, start - base, window_size, axis=1)
       t = jnp.broadcast_to(t, (batch_size, window_size))
-      x0, _ = predict(window, t, _label_slice(label, start - base, window_size), first_frame,
-                      cache)
+      prediction, _ = predict(window, t, _label_slice(label, start - base, window_size),
+                              first_frame, cache)
+      x0 = diffusion.prediction_to_x0(prediction, window, per_frame(alpha),
+                                      self.parameterization)
       noise = None
       if self.eta > 0:
         noise = frame_noise(jax.random.fold_in(key_noise, r), batch_size, start, window_size,
@@ -346,9 +351,16 @@ def _check_eta(eta: float):
     raise ValueError(f"eta must be >= 0, got {eta}")
 
 
+def _check_parameterization(parameterization: str):
+  if parameterization not in diffusion.PARAMETERIZATIONS:
+    raise ValueError(f"unknown parameterization {parameterization!r}; expected one of "
+                     f"{diffusion.PARAMETERIZATIONS}")
+
+
 def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
                  context_frames: int = 0, mode: str = "cached", cfg_scale: float = 1.0,
-                 eta: float = 0.0, progress: Optional[Callable[[int], None]] = None):
+                 eta: float = 0.0, progress: Optional[Callable[[int], None]] = None,
+                 parameterization: str = "x0"):
   """Returns (plan, sample) where the pure, jittable
 
     sample(variables, key, batch_size, context=None, label=None) -> latents [B, F, L, C]
@@ -356,12 +368,14 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
   runs the AD sampler. `context` holds the first `context_frames` latents [B, c, L, C],
   unit-norm like the model's data (they come out bit-identical); `label` [B] int is the
   class for conditional models. `progress(row)` is called from the device each row
-  (e.g. a tqdm update); leave it None inside benchmarks.
+  (e.g. a tqdm update); leave it None inside benchmarks. `parameterization` is what the
+  model was trained to output (the run's `diffusion.parameterization`).
   """
   check_guidance(model, cfg_scale)
   _check_eta(eta)
+  _check_parameterization(parameterization)
   plan = make_plan(model, grid, num_frames, s, context_frames, mode)
-  steps = _Steps(model, grid, plan, cfg_scale, eta, progress)
+  steps = _Steps(model, grid, plan, cfg_scale, eta, progress, parameterization)
   frame_shape = (model.tokens_per_frame, model.in_channels)
 
   def sample(variables, key, batch_size: int, context=None, label=None):
@@ -499,7 +513,7 @@ def _template_frames(model, grid: diffusion.DDIMGrid, s: int, context_frames: in
 
 def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int = 0,
                 max_frames: Optional[int] = None, cfg_scale: float = 1.0,
-                eta: float = 0.0) -> Stream:
+                eta: float = 0.0, parameterization: str = "x0") -> Stream:
   """The cached AD sampler as a stream of chunks, one per finished frame (see `Stream`).
 
   With `max_frames` the chunks follow `make_sampler`'s plan for that many frames, so the
@@ -511,6 +525,7 @@ def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int 
   """
   check_guidance(model, cfg_scale)
   _check_eta(eta)
+  _check_parameterization(parameterization)
   num_steps = grid.num_steps
   if not 0 <= s <= num_steps:
     raise ValueError(f"streaming needs 1 <= s <= S = {num_steps} (s = 0 yields the whole "
@@ -539,8 +554,8 @@ def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int 
     raise ValueError(f"a context of {context_frames} frames is longer than the stream's ring "
                      f"of {plan.cache_slots} frames; pass its last {plan.cache_slots} frames "
                      f"(`sample` takes longer contexts)")
-  return Stream(plan, max_frames, context_frames, s, _Steps(model, grid, plan, cfg_scale, eta,
-                                                            None))
+  return Stream(plan, max_frames, context_frames, s,
+                _Steps(model, grid, plan, cfg_scale, eta, None, parameterization))
 
 
 def normalize_context(latents):

@@ -97,19 +97,58 @@ def test_stochastic_ddim_cached_equals_full():
   assert np.abs(deterministic - cached).max() > 1e-3
 
 
-def test_s0_is_plain_synchronous_ddim():
+def _x0_and_eps(output, x, alpha, parameterization):
+  """x̂0 and ε̂ from a model output, written out here rather than taken from
+  `diffusion`: x_t = √ᾱ x0 + √(1-ᾱ) ε and v = √ᾱ ε - √(1-ᾱ) x0."""
+  a, b = np.sqrt(alpha), np.sqrt(1.0 - alpha)
+  if parameterization == "x0":
+    return output, (x - a * output) / b
+  if parameterization == "eps":
+    return (x - b * output) / a, output
+  return a * x - b * output, b * x + a * output  # v
+
+
+@pytest.mark.parametrize("parameterization", ["x0", "eps", "v"])
+def test_s0_is_plain_synchronous_ddim(parameterization):
+  """Every frame at one level, moving together: DDIM on the model's own output, whatever
+  it was trained to predict."""
   model = _model()
   variables = _variables(model)
   grid = _grid()
   batch, frames = 2, 5
-  _, sampled = _sample(model, variables, batch=batch, num_frames=frames, s=0)
+  _, sampled = _sample(model, variables, batch=batch, num_frames=frames, s=0,
+                       parameterization=parameterization)
   key_init, _ = jax.random.split(jax.random.key(0))
-  x = sampling.frame_noise(key_init, batch, 0, frames, (TOKENS, 4))
-  for k in range(1, STEPS + 1):  # every frame at the same level, all moving together
+  x = np.asarray(sampling.frame_noise(key_init, batch, 0, frames, (TOKENS, 4)), np.float64)
+  for k in range(1, STEPS + 1):
     t = jnp.full((batch, frames), grid.model_timesteps[k], jnp.int32)
-    x0 = model.apply(variables, x, t)
-    x = diffusion.ddim_update(x, x0, grid.alphas[k], grid.alphas_prev[k])
-  np.testing.assert_allclose(sampled, np.asarray(x), atol=1e-5, rtol=0)
+    output = np.asarray(model.apply(variables, jnp.asarray(x, jnp.float32), t), np.float64)
+    x0, eps = _x0_and_eps(output, x, grid.alphas[k], parameterization)
+    x = np.sqrt(grid.alphas_prev[k]) * x0 + np.sqrt(1.0 - grid.alphas_prev[k]) * eps
+  np.testing.assert_allclose(sampled, x, atol=2e-4, rtol=0)
+  assert np.abs(x).max() > 0.1
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
+def test_cached_equals_full_for_eps_and_v_models(parameterization):
+  model = _model(num_classes=3)
+  variables = _variables(model, seed=2)
+  kwargs = dict(num_frames=6, s=2, cfg_scale=2.0, label=jnp.asarray([1, 2]),
+                parameterization=parameterization)
+  _, full = _sample(model, variables, mode="full", **kwargs)
+  _, cached = _sample(model, variables, mode="cached", **kwargs)
+  # x̂0 from ε̂ divides by √ᾱ (0.07 at the first level): the modes' float rounding, 1e-6
+  # for x0 models, comes out up to ~14x larger.
+  np.testing.assert_allclose(cached, full, atol=1e-4, rtol=0)
+  _, as_x0 = _sample(model, variables, mode="cached", **dict(kwargs, parameterization="x0"))
+  assert np.abs(as_x0 - cached).max() > 1e-2
+
+
+def test_an_unknown_parameterization_is_refused():
+  with pytest.raises(ValueError, match="unknown parameterization 'epsilon'"):
+    sampling.make_sampler(_model(), _grid(), num_frames=4, s=1, parameterization="epsilon")
+  with pytest.raises(ValueError, match="unknown parameterization 'epsilon'"):
+    sampling.make_stream(_model(), _grid(), s=1, parameterization="epsilon")
 
 
 def test_s_equal_S_finishes_each_frame_before_the_next_starts():

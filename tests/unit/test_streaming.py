@@ -31,10 +31,16 @@ def _model(variant="clean", num_frames=8, num_classes=0, **overrides):
       in_channels=4, num_classes=num_classes, context_dim=16, **overrides)))
 
 
-def _generator(num_frames=8, num_classes=0, vae=True, temporal_frames=0, **overrides):
+def _config(parameterization="x0"):
+  return ml_collections.ConfigDict(dict(diffusion=dict(eta=0.0,
+                                                       parameterization=parameterization)))
+
+
+def _generator(num_frames=8, num_classes=0, vae=True, temporal_frames=0,
+               parameterization="x0", **overrides):
   model = _model(num_frames=num_frames, num_classes=num_classes, **overrides)
   variables = support.randomised(model, collections=("params",))
-  config = ml_collections.ConfigDict(dict(diffusion=dict(eta=0.0)))
+  config = _config(parameterization)
   generator = generate.Generator(config, model, variables, _grid())
   if vae:
     autoencoder = support.tiny(ar_vae, ar_vae.ARVAE, "clean", image_size=16, num_latent_tokens=TOKENS,
@@ -83,6 +89,19 @@ def test_stream_with_guidance_and_a_label_is_sample_bit_for_bit():
                                          show_progress=False)
   latents, _ = _streamed(generator, 2, 10, seed=1, label=2, cfg=2.0, decode=False)
   np.testing.assert_array_equal(latents, expected[0])
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
+def test_a_stream_of_an_eps_or_v_model_is_sample_bit_for_bit(parameterization):
+  """The Generator tells both samplers what its DiT outputs; read as x̂0, an eps or v
+  output would give another video."""
+  generator = _generator(parameterization=parameterization)
+  expected, _ = generator.sample_latents(1, 10, 3, seed=2, show_progress=False)
+  latents, _ = _streamed(generator, 3, 10, seed=2, decode=False)
+  np.testing.assert_array_equal(latents, expected[0])
+  generator.config = _config("x0")
+  as_x0, _ = generator.sample_latents(1, 10, 3, seed=2, show_progress=False)
+  assert np.abs(as_x0 - expected).max() > 1e-2
 
 
 def test_a_stochastic_stream_is_sample_bit_for_bit():
@@ -187,8 +206,7 @@ def test_an_s_outside_the_range_is_refused(s):
 def test_what_cannot_stream_is_refused_with_the_reason():
   with pytest.raises(ArgumentError, match="give max_frames"):
     next(_generator().stream(0, decode=False))
-  leaky = generate.Generator(ml_collections.ConfigDict(dict(diffusion=dict(eta=0.0))),
-                             _model("official", num_frames=4), None, _grid())
+  leaky = generate.Generator(_config(), _model("official", num_frames=4), None, _grid())
   with pytest.raises(ArgumentError, match="strictly causal"):
     next(leaky.stream(2, max_frames=4, decode=False))
   bidirectional = generate.Generator(leaky.config, _model(num_frames=4, temporal_attention=
