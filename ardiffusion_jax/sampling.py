@@ -179,9 +179,11 @@ def frame_noise(key, batch: int, first, count: int, shape) -> jax.Array:
 
 
 def _denoiser(model, variables, cfg_scale: float, attention_window):
-  """x0 prediction for a window, with classifier-free guidance as one doubled batch
-  [unconditional; conditional] (and one cache for each half). `label` is [B] (one per
-  video) or [B, F] (one per frame of the window)."""
+  """The model's output for a window (x̂0, or ε̂ or v̂ as it was trained: `_Steps.run`
+  converts), with classifier-free guidance as one doubled batch [unconditional;
+  conditional] (and one cache for each half); the conversion is affine in the output
+  at a fixed x_t, so guiding it is guiding x̂0. `label` is [B] (one per video) or
+  [B, F] (one per frame of the window)."""
   guided = cfg_scale != 1.0
 
   def predict(x, t, label, first_frame, cache):
