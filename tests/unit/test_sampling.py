@@ -137,8 +137,8 @@ def test_cached_equals_full_for_eps_and_v_models(parameterization):
                 parameterization=parameterization)
   _, full = _sample(model, variables, mode="full", **kwargs)
   _, cached = _sample(model, variables, mode="cached", **kwargs)
-  # x̂0 from ε̂ divides by √ᾱ (0.07 at the first level): the modes' float rounding, 1e-6
-  # for x0 models, comes out up to ~14x larger.
+  # x̂0 from ε̂ divides by √ᾱ (0.027 at t = 999, the first level): the modes' float
+  # rounding, 1e-6 for x0 models, comes out up to ~37x larger.
   np.testing.assert_allclose(cached, full, atol=1e-4, rtol=0)
   _, as_x0 = _sample(model, variables, mode="cached", **dict(kwargs, parameterization="x0"))
   assert np.abs(as_x0 - cached).max() > 1e-2
