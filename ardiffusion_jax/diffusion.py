@@ -75,6 +75,12 @@ def eps_from_v(x_t, v, alpha):
   return jnp.sqrt(1.0 - alpha) * x_t + jnp.sqrt(alpha) * v
 
 
+def unknown_parameterization(parameterization: str) -> ValueError:
+  """The error for a parameterization outside PARAMETERIZATIONS."""
+  return ValueError(f"unknown parameterization {parameterization!r}; expected one of "
+                    f"{PARAMETERIZATIONS}")
+
+
 def prediction_to_x0(prediction, x_t, alpha, parameterization: str):
   """Turns a model output in `parameterization` ('x0', 'eps' or 'v') into x̂0."""
   if parameterization == "x0":
@@ -83,7 +89,7 @@ def prediction_to_x0(prediction, x_t, alpha, parameterization: str):
     return x0_from_eps(x_t, prediction, alpha)
   if parameterization == "v":
     return x0_from_v(x_t, prediction, alpha)
-  raise ValueError(f"unknown parameterization {parameterization!r}; expected x0, eps or v")
+  raise unknown_parameterization(parameterization)
 
 
 def training_target(x0, noise, alpha, parameterization: str):
@@ -94,7 +100,7 @@ def training_target(x0, noise, alpha, parameterization: str):
     return noise
   if parameterization == "v":
     return v_from_x0_eps(x0, noise, alpha)
-  raise ValueError(f"unknown parameterization {parameterization!r}; expected x0, eps or v")
+  raise unknown_parameterization(parameterization)
 
 
 def ddim_update(x_t, x0_pred, alpha_t, alpha_prev, eta: float = 0.0, noise=None):

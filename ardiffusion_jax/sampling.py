@@ -280,7 +280,7 @@ class _Steps:
   progress: Optional[Callable[[int], None]]
   # What the model outputs ('x0', 'eps' or 'v'; the run's diffusion.parameterization):
   # every row turns it into x̂0 at each frame's current level before the DDIM update.
-  parameterization: str = "x0"
+  parameterization: str
 
   def predictor(self, variables):
     return _denoiser(*dit.unrolled(self.model, variables), self.cfg_scale,
@@ -348,15 +348,13 @@ class _Steps:
     return x, cache
 
 
-def _check_eta(eta: float):
+def _check_settings(model, cfg_scale: float, eta: float, parameterization: str):
+  """What `make_sampler` and `make_stream` refuse before anything is traced."""
+  check_guidance(model, cfg_scale)
   if not eta >= 0:
     raise ValueError(f"eta must be >= 0, got {eta}")
-
-
-def _check_parameterization(parameterization: str):
   if parameterization not in diffusion.PARAMETERIZATIONS:
-    raise ValueError(f"unknown parameterization {parameterization!r}; expected one of "
-                     f"{diffusion.PARAMETERIZATIONS}")
+    raise diffusion.unknown_parameterization(parameterization)
 
 
 def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
@@ -373,9 +371,7 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
   (e.g. a tqdm update); leave it None inside benchmarks. `parameterization` is what the
   model was trained to output (the run's `diffusion.parameterization`).
   """
-  check_guidance(model, cfg_scale)
-  _check_eta(eta)
-  _check_parameterization(parameterization)
+  _check_settings(model, cfg_scale, eta, parameterization)
   plan = make_plan(model, grid, num_frames, s, context_frames, mode)
   steps = _Steps(model, grid, plan, cfg_scale, eta, progress, parameterization)
   frame_shape = (model.tokens_per_frame, model.in_channels)
@@ -525,9 +521,7 @@ def make_stream(model, grid: diffusion.DDIMGrid, *, s: int, context_frames: int 
   a ring cache, so memory does not grow with the length. Raises ValueError for what
   cannot stream.
   """
-  check_guidance(model, cfg_scale)
-  _check_eta(eta)
-  _check_parameterization(parameterization)
+  _check_settings(model, cfg_scale, eta, parameterization)
   num_steps = grid.num_steps
   if not 0 <= s <= num_steps:
     raise ValueError(f"streaming needs 1 <= s <= S = {num_steps} (s = 0 yields the whole "
