@@ -383,4 +383,6 @@ def _validate_train(train, mesh_shape):
   _require(0 <= train.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {train.ema_decay}")
   _require(0 <= train.label_dropout < 1, "train.label_dropout",
            f"must be in [0, 1), got {train.label_dropout}")
+  _require(0 <= train.self_condition_rate <= 1, "train.self_condition_rate",
+           f"must be in [0, 1], got {train.self_condition_rate}")
   _validate_loop_fields(train, "train")

@@ -28,6 +28,12 @@ So the one-frame pass runs instead, and only in the rows where the window moves 
 Continuation: context frames count as finished from the start, are prefilled into the
 cache (cached) or fed at the context timestep (full), and are never updated, so they
 come out bit-identical.
+
+Self-conditioning (`dit.self_condition`): beside the latents the sampler keeps a store of
+estimates, each frame's x̂0 from the last row that moved it: zeros before its first
+step, its final x̂0 once it is finished, the latents themselves for context frames. A
+frame's estimate changes only where its latent does, so both modes feed every frame
+the same one, and the one-frame pass that caches a finished frame reads it too.
 """
 
 import dataclasses
@@ -186,12 +192,13 @@ def _denoiser(model, variables, cfg_scale: float, attention_window):
   [B, F] (one per frame of the window)."""
   guided = cfg_scale != 1.0
 
-  def predict(x, t, label, first_frame, cache):
+  def predict(x, t, label, first_frame, cache, estimate=None):
     if guided:
       x, t = jnp.concatenate([x, x]), jnp.concatenate([t, t])
       label = jnp.concatenate([jnp.full_like(label, model.null_label), label])
-    out = model.apply(variables, x, t, label, first_frame=first_frame, cache=cache,
-                      attention_window=attention_window)
+      estimate = None if estimate is None else jnp.concatenate([estimate, estimate])
+    out = model.apply(variables, x, t, label, x0_estimate=estimate, first_frame=first_frame,
+                      cache=cache, attention_window=attention_window)
     prediction, kv = out if cache is not None else (out, None)
     if guided:
       uncond, cond = jnp.split(prediction, 2)
@@ -271,7 +278,8 @@ class _Steps:
   """The AD sampler's work on a latent store, shared by `make_sampler` (one scan over the
   whole video) and `make_stream` (one scan per finished frame over a short buffer), so
   both compute the same numbers. A store x [B, n, L, C] holds frames base..base+n-1 and
-  its labels are [B] or [B, n]."""
+  its labels are [B] or [B, n]; `estimate`, the self-conditioning x̂0 of the same frames,
+  is a store like x (None for a model without self-conditioning)."""
   model: Any
   grid: diffusion.DDIMGrid
   plan: Plan
@@ -293,44 +301,57 @@ class _Steps:
     return _empty_cache(self.model, batch_size * (2 if guided else 1), self.plan.cache_slots,
                         self.model.dtype)
 
-  def frame_kv(self, predict, cache, x, base, label, first, count: int):
+  def initial_estimate(self, x, context_frames: int):
+    """The estimate store for a store x whose first `context_frames` frames are context
+    (their own estimate) and the rest not started (zeros); None without self-conditioning."""
+    if not self.model.self_condition:
+      return None
+    return jnp.zeros_like(x).at[:, :context_frames].set(x[:, :context_frames])
+
+  def frame_kv(self, predict, cache, x, estimate, base, label, first, count: int):
     """Keys and values of frames [first, first+count), finished (at the context timestep)."""
-    window = jax.lax.dynamic_slice_in_dim(x, first - base, count, axis=1)
+    cut = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, first - base, count,
+                                                                        axis=1)
     t = jnp.full((x.shape[0], count), self.grid.context_timestep, jnp.int32)
-    return predict(window, t, _label_slice(label, first - base, count), first, cache)[1]
+    return predict(cut(x), t, _label_slice(label, first - base, count), first, cache,
+                   cut(estimate))[1]
 
   def prefill(self, predict, cache, x, label, count: int) -> KVCache:
     """Writes frames 0..count-1 (the context; the store starts at frame 0) in chunks that
     never wrap the ring."""
     tokens, slots = self.model.frame_tokens, self.plan.cache_slots
+    estimate = self.initial_estimate(x, count)
     for first in range(0, count, slots):
       n = min(slots, count - first)
-      cache = _write(cache, self.frame_kv(predict, cache, x, 0, label, first, n), first,
-                     first + jnp.arange(n, dtype=jnp.int32), tokens)
+      kv = self.frame_kv(predict, cache, x, estimate, 0, label, first, n)
+      cache = _write(cache, kv, first, first + jnp.arange(n, dtype=jnp.int32), tokens)
     return cache
 
-  def run(self, predict, key_noise, x, base, label, cache, rows: Rows):
-    """Runs `rows` over the store; returns (x, cache)."""
+  def run(self, predict, key_noise, x, estimate, base, label, cache, rows: Rows):
+    """Runs `rows` over the store (and its estimates); returns (x, estimate, cache)."""
     tokens, window_size = self.model.frame_tokens, self.plan.window
     batch_size = x.shape[0]
     per_frame = lambda a: a[None, :, None, None]
+    cut = lambda a, start: jax.lax.dynamic_slice_in_dim(a, start - base, window_size, axis=1)
+    paste = lambda a, window, start: jax.lax.dynamic_update_slice_in_dim(a, window, start - base,
+                                                                         axis=1)
 
     def row(carry, inputs):
-      x, cache = carry
+      x, estimate, cache = carry
       r, start, first_frame, t, alpha, alpha_prev, update, commit = inputs
       if cache is not None:
         # Rows without a commit write their slot's own contents back: the cond only reads
         # the cache, so the write stays in place (a cond returning the cache copies it).
         frame = jnp.maximum(commit, 0)
         kv, ids = jax.lax.cond(
-            commit >= 0, lambda: (self.frame_kv(predict, cache, x, base, label, frame, 1),
-                                  frame[None]),
+            commit >= 0, lambda: (self.frame_kv(predict, cache, x, estimate, base, label, frame,
+                                                1), frame[None]),
             lambda: _read(cache, frame, tokens))
         cache = _write(cache, kv, frame, ids, tokens)
-      window = jax.lax.dynamic_slice_in_dim(x, start - base, window_size, axis=1)
+      window = cut(x, start)
       t = jnp.broadcast_to(t, (batch_size, window_size))
       prediction, _ = predict(window, t, _label_slice(label, start - base, window_size),
-                              first_frame, cache)
+                              first_frame, cache, None if estimate is None else cut(estimate, start))
       x0 = diffusion.prediction_to_x0(prediction, window, per_frame(alpha),
                                       self.parameterization)
       noise = None
@@ -339,13 +360,16 @@ class _Steps:
                             x.shape[2:])
       moved = diffusion.ddim_update(window, x0, per_frame(alpha), per_frame(alpha_prev),
                                     self.eta, noise)
-      window = jnp.where(per_frame(update), moved, window)
+      x = paste(x, jnp.where(per_frame(update), moved, window), start)
+      if estimate is not None:
+        estimate = paste(estimate, jnp.where(per_frame(update), x0, cut(estimate, start)), start)
       if self.progress is not None:
         jax.debug.callback(self.progress, r)
-      return (jax.lax.dynamic_update_slice_in_dim(x, window, start - base, axis=1), cache), None
+      return (x, estimate, cache), None
 
-    (x, cache), _ = jax.lax.scan(row, (x, cache), tuple(jnp.asarray(a) for a in rows))
-    return x, cache
+    (x, estimate, cache), _ = jax.lax.scan(row, (x, estimate, cache),
+                                           tuple(jnp.asarray(a) for a in rows))
+    return x, estimate, cache
 
 
 def _check_settings(model, cfg_scale: float, eta: float, parameterization: str):
@@ -390,7 +414,8 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
     cache = steps.empty_cache(batch_size)
     if cache is not None:
       cache = steps.prefill(predict, cache, x, label, context_frames)
-    x, _ = steps.run(predict, key_noise, x, 0, label, cache, plan_rows(plan, 0, plan.rows))
+    x, _, _ = steps.run(predict, key_noise, x, steps.initial_estimate(x, context_frames), 0,
+                        label, cache, plan_rows(plan, 0, plan.rows))
     return x
 
   return plan, sample
@@ -399,8 +424,9 @@ def make_sampler(model, grid: diffusion.DDIMGrid, *, num_frames: int, s: int,
 class StreamState(NamedTuple):
   """What a stream carries between chunks, all on the device and all of a fixed size:
   the buffer of latents (frames base..base+window, the window and the frame before it),
-  their labels, the ring KV cache and the keys."""
+  their self-conditioning estimates, their labels, the ring KV cache and the keys."""
   x: jax.Array  # [B, window + 1, L, C]
+  estimate: Optional[jax.Array]  # like x; None for a model without self-conditioning
   label: jax.Array  # [B, window + 1], or [B] for a per-video label
   cache: Optional[KVCache]
   base: jax.Array  # int32: the absolute frame of x[:, 0]
@@ -484,22 +510,29 @@ class Stream:
       x = x.at[:, 0].set(context[:, -1])
       cache = self.steps.prefill(self.steps.predictor(variables), cache, context,
                                  context_label, c)
-    return StreamState(x, label, cache, jnp.int32(c - 1), key_init, key_noise)
+    # The buffer's slot 0 is the last context frame (its own estimate), or a slot before
+    # frame 0 that nothing reads.
+    estimate = self.steps.initial_estimate(x, 1 if c else 0)
+    return StreamState(x, estimate, label, cache, jnp.int32(c - 1), key_init, key_noise)
 
   def advance(self, variables, state: StreamState, rows: Rows, base, entering_label=None):
     """Runs one chunk: first moves the buffer to `base` (by at most one frame: the frame
     base + window enters as noise, with `entering_label` [B] if labels are per frame),
     then the rows. Returns the new state; the finished frames are `state.x[:, f - base]`."""
-    x, label = state.x, state.label
+    x, estimate, label = state.x, state.estimate, state.label
     moved = base - state.base
     entering = frame_noise(state.key_init, x.shape[0], base + self.window, 1, x.shape[2:])
-    x = jnp.where(moved > 0, jnp.concatenate([x[:, 1:], entering], axis=1), x)
+    shift = lambda a, new: jnp.where(moved > 0, jnp.concatenate([a[:, 1:], new], axis=1), a)
+    x = shift(x, entering)
+    if estimate is not None:  # the entering frame has not started: no estimate yet
+      estimate = shift(estimate, jnp.zeros_like(entering))
     if label.ndim == 2:
       label = jnp.where(moved > 0, jnp.concatenate([label[:, 1:], entering_label[:, None]],
                                                    axis=1), label)
     predict = self.steps.predictor(variables)
-    x, cache = self.steps.run(predict, state.key_noise, x, base, label, state.cache, rows)
-    return StreamState(x, label, cache, jnp.asarray(base, jnp.int32), state.key_init,
+    x, estimate, cache = self.steps.run(predict, state.key_noise, x, estimate, base, label,
+                                        state.cache, rows)
+    return StreamState(x, estimate, label, cache, jnp.asarray(base, jnp.int32), state.key_init,
                        state.key_noise)
 
 

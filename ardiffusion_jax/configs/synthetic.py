@@ -180,6 +180,8 @@ def get_config(arg=None):
       token_patch=config.vae.num_latent_tokens,
       in_channels=config.vae.token_dim,
       num_classes=config.data.max_balls - config.data.min_balls + 1,  # label = balls - min
+      # Self-conditioning: the DiT also reads its own earlier x̂0 (models/dit.py).
+      self_condition=False,
       # Scanned, though unrolled steps are faster on a CPU at small sizes: unrolled layers
       # draw other initial weights, and the demo was measured scanned (docs/experiments/dit.md).
       scan_layers=True,
@@ -202,6 +204,8 @@ def get_config(arg=None):
       grad_accum=1,
       ema_decay=0.999,
       label_dropout=0.1,
+      # With dit.self_condition: the share of examples that read the model's own x̂0.
+      self_condition_rate=0.5,
       log_every=1 if smoke else 50,
       checkpoint_every=10 if smoke else 500,
       keep_checkpoints=3,

@@ -233,7 +233,8 @@ def dit_config_from_state(state, config):
                     mlp_ratio=mlp / hidden, in_channels=channels, num_frames=positions // tokens,
                     num_classes=num_classes, context_tokens=context_tokens,
                     context_dim=context_dim, dtype="float32", remat=False,
-                    token_patch=1)  # the authors' DiT: one latent token per DiT token
+                    # The authors' DiT: one latent token per DiT token, no self-conditioning.
+                    token_patch=1, self_condition=False)
   config.data.num_frames = config.sample.num_frames = positions // tokens
   config.diffusion.ddim_grid = "official"
   if hidden % heads:

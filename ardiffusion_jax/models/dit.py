@@ -17,6 +17,12 @@ flag so ablations can isolate it (docs/architecture.md):
 `token_patch` (either variant; the authors' is 1) groups a frame's latent tokens p at a
 time into one transformer token, DiT's patch size over the 1D token axis.
 
+`self_condition` (off in both variants; the authors have none) is Chen et al.'s
+self-conditioning ("Analog Bits", 2022): the model also reads an earlier estimate of x̂0,
+`x0_estimate` [B, F, L, C], concatenated to x channel-wise (zeros when there is none).
+Training feeds it the model's own stop-gradient x̂0 on part of the batch
+(`train/dit.py`); the AD sampler feeds each frame its x̂0 from the last row that moved it.
+
 `temporal_attention` is the method's "causal" (a frame attends to itself and earlier
 frames) or "bidirectional" (every frame of the window attends to every other: Table 3's
 "− temporal causal attention" ablation, which only the full-mode sampler can run).
@@ -169,6 +175,7 @@ class DiT(nn.Module):
   context_dim: int = 768
   context_sees_video: bool = False
   temporal_attention: str = "causal"  # or "bidirectional" (the ablation)
+  self_condition: bool = False  # also read x0_estimate (see the module docstring)
   position: str = "rope"
   final_modulation: bool = True
   scan_layers: bool = False
@@ -235,8 +242,12 @@ class DiT(nn.Module):
     return not self.future_leak
 
   @nn.compact
-  def __call__(self, x, t, label=None, *, first_frame=0, cache=None, attention_window=None):
+  def __call__(self, x, t, label=None, *, x0_estimate=None, first_frame=0, cache=None,
+               attention_window=None):
     """x [B, F, L, C], t [B, F], label [B] or None -> prediction [B, F, L, C].
+
+    x0_estimate: a self-conditioning DiT's earlier x̂0 of x's frames [B, F, L, C]; None
+      reads as zeros (no estimate yet). Other DiTs refuse one.
 
     label may also be [B, F], one class per frame (a stream that switches class): the
     clean variant adds each frame's embedding to its timestep's.
@@ -254,7 +265,12 @@ class DiT(nn.Module):
       raise ValueError(f"{latent_tokens} latent tokens per frame do not split into patches of "
                        f"token_patch={self.token_patch}")
     tokens = latent_tokens // self.token_patch
-    x = x.reshape(batch, frames, tokens, self.token_patch * channels)
+    if self.self_condition:
+      estimate = jnp.zeros_like(x) if x0_estimate is None else x0_estimate.astype(x.dtype)
+      x = jnp.concatenate([x, estimate], axis=-1)
+    elif x0_estimate is not None:
+      raise ValueError("x0_estimate is for a self-conditioning DiT (dit.self_condition=True)")
+    x = x.reshape(batch, frames, tokens, -1)
     if label is None:
       label = jnp.full((batch,), self.default_label, jnp.int32)
     if label.ndim == 2 and self.context_tokens:

@@ -28,18 +28,28 @@ def draw_noise(key, batch, diffusion_config):
   """
   latents = batch["latents"]
   key_t, key_noise, key_drop = jax.random.split(key, 3)
+  # Folded in rather than split off, so that the other draws are what they were before
+  # self-conditioning existed.
+  key_self = jax.random.fold_in(key, 3)
   return {
       "t": timesteps.sample_timesteps(key_t, diffusion_config.timestep_scheme, latents.shape[0],
                                       latents.shape[1], diffusion_config.num_timesteps),
       "noise": layers.normal(key_noise, latents.shape, latents.dtype),
       "drop": jax.random.uniform(key_drop, latents.shape[:1]),
+      "self_condition": jax.random.uniform(key_self, latents.shape[:1]),
   }
 
 
-def dit_loss(params, constants, model, batch, draws, diffusion_config, label_dropout: float):
+def dit_loss(params, constants, model, batch, draws, diffusion_config, label_dropout: float,
+             self_condition_rate: float):
   """MSE between the model output and the target, each frame's weighted by its level
   (`diffusion.loss_weights`; unweighted by default, as the authors train), averaged
   over frames.
+
+  A self-conditioning model (`dit.self_condition`) reads, on a `self_condition_rate`
+  share of the examples, its own x̂0 from a first pass that had none, with no gradient
+  through it, and zeros on the rest: the sampler feeds it its x̂0 from the row before,
+  and zeros at a frame's first step.
 
   Returns (loss, loss per frame position [F]).
   """
@@ -52,8 +62,15 @@ def dit_loss(params, constants, model, batch, draws, diffusion_config, label_dro
   if label is not None and model.num_classes:
     # Classifier-free guidance training: swap labels for the null label at random.
     label = jnp.where(draws["drop"] < label_dropout, model.null_label, label)
-  prediction = model.apply({"params": params, "constants": constants}, x_t, t, label)
+  variables = {"params": params, "constants": constants}
   alpha = diffusion.per_frame(alphas, t, latents.ndim)
+  estimate = None
+  if model.self_condition:
+    first = diffusion.prediction_to_x0(model.apply(variables, x_t, t, label), x_t, alpha,
+                                       diffusion_config.parameterization)
+    use = (draws["self_condition"] < self_condition_rate)[:, None, None, None]
+    estimate = jnp.where(use, jax.lax.stop_gradient(first), 0.0)
+  prediction = model.apply(variables, x_t, t, label, x0_estimate=estimate)
   target = diffusion.training_target(latents, noise, alpha, diffusion_config.parameterization)
   per_example_frame = jnp.mean(jnp.square(prediction - target), axis=(2, 3))  # [B, F]
   weights = diffusion.loss_weights(alphas, diffusion_config.parameterization,
@@ -74,7 +91,8 @@ def make_train_step(model, tx, config):
   accum = train_config.grad_accum
   schedule = state_lib.learning_rate_schedule(train_config)
   loss_fn = functools.partial(dit_loss, model=model, diffusion_config=diffusion_config,
-                              label_dropout=train_config.label_dropout)
+                              label_dropout=train_config.label_dropout,
+                              self_condition_rate=train_config.self_condition_rate)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: state_lib.TrainState, batch):

@@ -114,7 +114,7 @@ def test_snr_weighting_scales_each_frames_error_by_its_level():
   variables = model.init(jax.random.key(0), batch["latents"], draws["t"], batch["label"])
   loss = lambda diffusion_config: train_dit.dit_loss(
       variables["params"], variables.get("constants", {}), model, batch, draws,
-      diffusion_config, label_dropout=0.0)
+      diffusion_config, label_dropout=0.0, self_condition_rate=0.0)
   plain, plain_per_frame = loss(config.diffusion)
   weighted_config = config.diffusion.copy_and_resolve_references()
   weighted_config.loss_snr_clip = (1.0, 5.0)
@@ -140,3 +140,39 @@ def test_plan_reports_fsdp_sharded_state_memory():
   full_state = 4 * 4 * results[1]["params"]  # four float32 copies
   assert results[1]["argument_bytes"] >= full_state
   assert results[4]["peak_bytes"] >= results[4]["argument_bytes"]
+
+
+def test_self_conditioning_trains_on_the_models_own_estimate_without_its_gradient():
+  """Examples drawn under the rate read the first pass's x̂0 (here an eps model's, so
+  converted), the rest zeros; the gradient is that of the second pass alone."""
+  from ardiffusion_jax import diffusion
+  config = _config(**{"dit.self_condition": True, "diffusion.parameterization": "eps"})
+  model = dit.dit_from_config(config.dit)
+  batch = _latents(config, batch=4)
+  draws = train_dit.draw_noise(jax.random.key(3), batch, config.diffusion)
+  draws["self_condition"] = jnp.asarray([0.1, 0.9, 0.3, 0.7])  # rate 0.5: examples 0 and 2
+  variables = model.init(jax.random.key(0), batch["latents"], draws["t"], batch["label"])
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape),
+                        variables["params"])
+  loss = lambda p: train_dit.dit_loss(p, {}, model, batch, draws, config.diffusion,
+                                      label_dropout=0.0, self_condition_rate=0.5)[0]
+
+  alphas = diffusion.alphas_from_config(config.diffusion)
+  latents = jnp.asarray(batch["latents"])
+  alpha = diffusion.per_frame(alphas, draws["t"], 4)
+  x_t = diffusion.q_sample(latents, draws["t"], draws["noise"], alphas)
+  eps = model.apply({"params": params}, x_t, draws["t"], batch["label"])
+  first = diffusion.x0_from_eps(x_t, eps, alpha)
+  estimate = first * jnp.asarray([1.0, 0.0, 1.0, 0.0])[:, None, None, None]
+
+  def by_hand(p):  # the estimate a constant
+    out = model.apply({"params": p}, x_t, draws["t"], batch["label"], x0_estimate=estimate)
+    return jnp.mean(jnp.square(out - draws["noise"]))
+
+  np.testing.assert_allclose(loss(params), by_hand(params), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.grad(loss)(params)), jax.tree.leaves(jax.grad(by_hand)(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+  # Estimates reach the loss: zeros everywhere give another value.
+  zeros = lambda p: jnp.mean(jnp.square(
+      model.apply({"params": p}, x_t, draws["t"], batch["label"]) - draws["noise"]))
+  assert abs(float(zeros(params)) - float(by_hand(params))) > 1e-3 * float(by_hand(params))

@@ -217,9 +217,10 @@ def _nan_gradient_on_the_marked_clip(monkeypatch):
   too high a learning rate, where the loss is 1e32 and the gradient norm NaN)."""
   real = train_dit.dit_loss
 
-  def loss(params, constants, model, batch, draws, diffusion_config, label_dropout):
+  def loss(params, constants, model, batch, draws, diffusion_config, label_dropout,
+           self_condition_rate):
     value, per_frame = real(params, constants, model, batch, draws, diffusion_config,
-                            label_dropout)
+                            label_dropout, self_condition_rate)
     marked = jnp.any(jnp.abs(jnp.linalg.norm(batch["latents"], axis=-1) - MARK) < 1e-3)
     total = sum(jnp.sum(leaf) for leaf in jax.tree.leaves(params))
     # sqrt at 0: a value of 0 and a gradient of 0 * inf = NaN, only when marked.

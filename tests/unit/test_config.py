@@ -78,6 +78,7 @@ def test_the_paper_dit_configs_keep_one_latent_token_a_transformer_token(dataset
     (["diffusion.loss_snr_clip=(1,)"], "diffusion.loss_snr_clip"),
     (["diffusion.loss_snr_clip=(0, 0)"], "diffusion.loss_snr_clip"),
     (["diffusion.loss_snr_clip=('a', 5)"], "diffusion.loss_snr_clip"),
+    (["train.self_condition_rate=1.5"], "train.self_condition_rate"),
 ])
 def test_bad_fields_are_named(overrides, field):
   with pytest.raises(ConfigError) as error:

@@ -194,3 +194,22 @@ def test_token_patch_groups_latent_tokens_and_stays_causal():
   changed = model.apply(variables, x.at[:, 2, 5].add(1.0), t)  # one latent token of frame 2
   np.testing.assert_array_equal(changed[:, :2], base[:, :2])
   assert np.abs(changed[:, 2] - base[:, 2]).max() > 1e-4
+
+
+def test_self_conditioning_reads_the_estimate_causally_and_none_means_zeros():
+  """The estimate enters beside x (twice the embedder's inputs); a frame's estimate
+  reaches that frame and later ones only; None is zeros; other DiTs refuse one."""
+  model = _tiny("clean", token_patch=4, self_condition=True)
+  x, t = _inputs()
+  variables = _randomised(model, x, t)
+  assert variables["params"]["x_embedder"]["kernel"].shape[0] == 2 * 4 * 4
+  estimate = jax.random.normal(jax.random.key(7), x.shape)
+  base = model.apply(variables, x, t, x0_estimate=estimate)
+  changed = model.apply(variables, x, t, x0_estimate=estimate.at[:, 2].add(1.0))
+  np.testing.assert_array_equal(changed[:, :2], base[:, :2])
+  assert np.abs(changed[:, 2:] - base[:, 2:]).max() > 1e-4
+  np.testing.assert_array_equal(model.apply(variables, x, t),
+                                model.apply(variables, x, t, x0_estimate=jnp.zeros_like(x)))
+  plain = _tiny("clean", token_patch=4)
+  with pytest.raises(ValueError, match="dit.self_condition"):
+    plain.apply(_randomised(plain, x, t), x, t, x0_estimate=estimate)

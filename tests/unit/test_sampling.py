@@ -144,6 +144,50 @@ def test_cached_equals_full_for_eps_and_v_models(parameterization):
   assert np.abs(as_x0 - cached).max() > 1e-2
 
 
+def test_s0_self_conditioning_feeds_each_step_the_previous_estimate():
+  """At s = 0 a self-conditioning DiT's first step reads zeros and every later step the
+  x̂0 of the step before: DDIM written out here with that rule."""
+  model = _model(self_condition=True)
+  variables = _variables(model)
+  grid = _grid()
+  batch, frames = 2, 5
+  _, sampled = _sample(model, variables, batch=batch, num_frames=frames, s=0)
+  key_init, _ = jax.random.split(jax.random.key(0))
+  noise = np.asarray(sampling.frame_noise(key_init, batch, 0, frames, (TOKENS, 4)), np.float64)
+
+  def ddim(self_condition):
+    x, estimate = noise, np.zeros_like(noise)
+    for k in range(1, STEPS + 1):
+      t = jnp.full((batch, frames), grid.model_timesteps[k], jnp.int32)
+      x0 = np.asarray(model.apply(variables, jnp.asarray(x, jnp.float32), t,
+                                  x0_estimate=jnp.asarray(estimate, jnp.float32)), np.float64)
+      _, eps = _x0_and_eps(x0, x, grid.alphas[k], "x0")
+      x = np.sqrt(grid.alphas_prev[k]) * x0 + np.sqrt(1.0 - grid.alphas_prev[k]) * eps
+      estimate = x0 if self_condition else estimate
+    return x
+
+  expected = ddim(self_condition=True)
+  np.testing.assert_allclose(sampled, expected, atol=2e-4, rtol=0)
+  # The estimate is read: fed zeros at every step, the same weights sample otherwise.
+  assert np.abs(ddim(self_condition=False) - expected).max() > 1e-2
+
+
+@pytest.mark.parametrize("s", [0, 1, 3, STEPS])
+def test_self_conditioning_cached_equals_full(s):
+  """The estimate store changes only where the latents do, so both modes feed every
+  frame the same estimate: with context, guidance, and past the trained window."""
+  model = _model(num_classes=3, self_condition=True, num_frames=4)
+  variables = _variables(model, seed=5)
+  context = sampling.normalize_context(jax.random.normal(jax.random.key(6), (2, 2, TOKENS, 4)))
+  for frames, context_frames in ((4, 0), (7, 2)):
+    kwargs = dict(num_frames=frames, s=s, context_frames=context_frames, cfg_scale=2.0,
+                  label=jnp.asarray([0, 2]), context=context if context_frames else None)
+    _, full = _sample(model, variables, mode="full", **kwargs)
+    _, cached = _sample(model, variables, mode="cached", **kwargs)
+    np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+    assert np.abs(full).max() > 0.1
+
+
 def test_an_unknown_parameterization_is_refused():
   with pytest.raises(ValueError, match="unknown parameterization 'epsilon'"):
     sampling.make_sampler(_model(), _grid(), num_frames=4, s=1, parameterization="epsilon")

@@ -104,6 +104,20 @@ def test_a_stream_of_an_eps_or_v_model_is_sample_bit_for_bit(parameterization):
   assert np.abs(as_x0 - expected).max() > 1e-2
 
 
+@pytest.mark.parametrize("s,context_frames", [(1, 3), (3, 0), (STEPS, 2)])
+def test_a_stream_of_a_self_conditioning_model_is_sample_bit_for_bit(s, context_frames):
+  """The stream carries each buffer frame's estimate, shifting it with the latents (an
+  entering frame has none): 14 frames of an 8-frame model, so the ring wraps and the
+  template's chunks repeat; with guidance and a label."""
+  generator = _generator(num_classes=3, token_patch=2, self_condition=True)
+  context = _context(context_frames) if context_frames else None
+  kwargs = dict(seed=4, label=1, context=context)
+  expected, _ = generator.sample_latents(1, 14, s, cfg_scale=2.0, show_progress=False,
+                                         **kwargs)
+  latents, _ = _streamed(generator, s, 14, cfg=2.0, decode=False, **kwargs)
+  np.testing.assert_array_equal(latents, expected[0])
+
+
 def test_a_stochastic_stream_is_sample_bit_for_bit():
   """eta > 0 draws noise per row and frame: the template's moved chunks must carry the
   whole plan's row indices for it to match."""
