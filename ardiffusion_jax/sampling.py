@@ -350,8 +350,9 @@ class _Steps:
         cache = _write(cache, kv, frame, ids, tokens)
       window = cut(x, start)
       t = jnp.broadcast_to(t, (batch_size, window_size))
+      window_estimate = None if estimate is None else cut(estimate, start)
       prediction, _ = predict(window, t, _label_slice(label, start - base, window_size),
-                              first_frame, cache, None if estimate is None else cut(estimate, start))
+                              first_frame, cache, window_estimate)
       x0 = diffusion.prediction_to_x0(prediction, window, per_frame(alpha),
                                       self.parameterization)
       noise = None
@@ -362,7 +363,7 @@ class _Steps:
                                     self.eta, noise)
       x = paste(x, jnp.where(per_frame(update), moved, window), start)
       if estimate is not None:
-        estimate = paste(estimate, jnp.where(per_frame(update), x0, cut(estimate, start)), start)
+        estimate = paste(estimate, jnp.where(per_frame(update), x0, window_estimate), start)
       if self.progress is not None:
         jax.debug.callback(self.progress, r)
       return (x, estimate, cache), None

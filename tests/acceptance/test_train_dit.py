@@ -170,7 +170,8 @@ def test_self_conditioning_trains_on_the_models_own_estimate_without_its_gradien
     return jnp.mean(jnp.square(out - draws["noise"]))
 
   np.testing.assert_allclose(loss(params), by_hand(params), rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(jax.grad(loss)(params)), jax.tree.leaves(jax.grad(by_hand)(params))):
+  grads, expected = jax.grad(loss)(params), jax.grad(by_hand)(params)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
   # Estimates reach the loss: zeros everywhere give another value.
   zeros = lambda p: jnp.mean(jnp.square(
