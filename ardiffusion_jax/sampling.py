@@ -267,6 +267,12 @@ def plan_rows(plan: Plan, begin: int, end: int, shift: int = 0) -> Rows:
               np.where(plan.commit_frame[begin:end] >= 0, moved(plan.commit_frame), -1))
 
 
+def _frames(store, first, count: int):
+  """Frames first..first+count-1 (store positions) of a store [B, n, ...]; None stays None
+  (the estimates of a model without self-conditioning)."""
+  return None if store is None else jax.lax.dynamic_slice_in_dim(store, first, count, axis=1)
+
+
 def _label_slice(label, first, count: int):
   """Labels of store frames first..first+count-1: per-video labels [B] as they are,
   per-frame ones [B, n] sliced."""
@@ -310,11 +316,9 @@ class _Steps:
 
   def frame_kv(self, predict, cache, x, estimate, base, label, first, count: int):
     """Keys and values of frames [first, first+count), finished (at the context timestep)."""
-    cut = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, first - base, count,
-                                                                        axis=1)
     t = jnp.full((x.shape[0], count), self.grid.context_timestep, jnp.int32)
-    return predict(cut(x), t, _label_slice(label, first - base, count), first, cache,
-                   cut(estimate))[1]
+    return predict(_frames(x, first - base, count), t, _label_slice(label, first - base, count),
+                   first, cache, _frames(estimate, first - base, count))[1]
 
   def prefill(self, predict, cache, x, label, count: int) -> KVCache:
     """Writes frames 0..count-1 (the context; the store starts at frame 0) in chunks that
@@ -332,7 +336,6 @@ class _Steps:
     tokens, window_size = self.model.frame_tokens, self.plan.window
     batch_size = x.shape[0]
     per_frame = lambda a: a[None, :, None, None]
-    cut = lambda a, start: jax.lax.dynamic_slice_in_dim(a, start - base, window_size, axis=1)
     paste = lambda a, window, start: jax.lax.dynamic_update_slice_in_dim(a, window, start - base,
                                                                          axis=1)
 
@@ -348,9 +351,9 @@ class _Steps:
                                                 1), frame[None]),
             lambda: _read(cache, frame, tokens))
         cache = _write(cache, kv, frame, ids, tokens)
-      window = cut(x, start)
+      window = _frames(x, start - base, window_size)
       t = jnp.broadcast_to(t, (batch_size, window_size))
-      window_estimate = None if estimate is None else cut(estimate, start)
+      window_estimate = _frames(estimate, start - base, window_size)
       prediction, _ = predict(window, t, _label_slice(label, start - base, window_size),
                               first_frame, cache, window_estimate)
       x0 = diffusion.prediction_to_x0(prediction, window, per_frame(alpha),
@@ -528,8 +531,7 @@ class Stream:
     if estimate is not None:  # the entering frame has not started: no estimate yet
       estimate = shift(estimate, jnp.zeros_like(entering))
     if label.ndim == 2:
-      label = jnp.where(moved > 0, jnp.concatenate([label[:, 1:], entering_label[:, None]],
-                                                   axis=1), label)
+      label = shift(label, entering_label[:, None])
     predict = self.steps.predictor(variables)
     x, estimate, cache = self.steps.run(predict, state.key_noise, x, estimate, base, label,
                                         state.cache, rows)
