@@ -1,5 +1,7 @@
 """Helpers that several test files share (fixtures built on them live in conftest.py)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +38,18 @@ def randomised(model, *args, scale: float = 0.05, noise_seed: int = 42, init_see
   keys = jax.random.split(jax.random.key(noise_seed), len(leaves))
   moved = [leaf + scale * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
   return {**variables, **jax.tree.unflatten(structure, moved)}
+
+
+def subprocess_env(devices: int = 1) -> dict:
+  """This process's environment (conftest.py's compilation settings included) for a
+  subprocess that sees `devices` CPU devices instead of the suite's 8 fake ones. A run
+  whose device count is not what its test is about compiles and steps faster on one:
+  the smoke demo took 86 s on one against 133 s on eight (2026-12-07)."""
+  flag = "--xla_force_host_platform_device_count"
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(flag)]
+  if devices > 1:
+    flags.append(f"{flag}={devices}")
+  return {**os.environ, "XLA_FLAGS": " ".join(flags)}
 
 
 def unbox(variables):

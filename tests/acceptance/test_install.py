@@ -11,6 +11,8 @@ import sysconfig
 import numpy as np
 from PIL import Image
 
+from tests import support
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -36,7 +38,7 @@ def test_an_installed_package_trains_from_another_directory(tmp_path):
       Image.fromarray(frame).save(clip / f"{t:03d}.jpg")
   # -S: no site hooks, so the repository's editable install is invisible; the installed
   # copy comes first and the dependencies come from this interpreter's site-packages.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = support.subprocess_env()
   env["PYTHONPATH"] = os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()

@@ -1,6 +1,8 @@
 """The demo main job end to end (smoke size) and `ardiff sample` on what it trained."""
 
 import json
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from PIL import Image
 
 from ardiffusion_jax import cli, demo, generate
+from tests import support
 
 # Every test here reads the one demo run: keep them on one xdist worker (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("demo")
@@ -15,8 +18,13 @@ pytestmark = pytest.mark.xdist_group("demo")
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
+  """The README's demo command at smoke size, as a user runs it: its own process, one CPU
+  device. (The tests below load its runs on the suite's 8 fake devices.)"""
   workdir = tmp_path_factory.mktemp("demo")
-  assert cli.main(["demo", "--config", "configs/synthetic.py:smoke", "--workdir", str(workdir)]) == 0
+  run = subprocess.run([sys.executable, "-m", "ardiffusion_jax.cli", "demo", "--config",
+                        "configs/synthetic.py:smoke", "--workdir", str(workdir)],
+                       env=support.subprocess_env(), capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
   return workdir
 
 
@@ -166,7 +174,7 @@ def test_sample_cli_rejects_bad_settings_clearly(demo_dir, tmp_path, capsys):
   assert "this AR-VAE's encoder did not make the DiT's training latents" in capsys.readouterr().err
 
 
-def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path):
+def test_eval_cli_scores_every_metric_per_s(demo_dir, tmp_path, xla_optimised):
   import jax
   import jax.numpy as jnp
   from ardiffusion_jax.convert import save_variables

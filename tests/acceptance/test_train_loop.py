@@ -25,8 +25,13 @@ from ardiffusion_jax.train import dit as train_dit
 from ardiffusion_jax.train import state as state_lib
 from ardiffusion_jax.train.checkpoint import Checkpointer
 from ardiffusion_jax.train.logging import read_metrics
+from tests import support
 
 FRAMES = 8  # the smoke config
+# The kill and SIGTERM runs resume a state sharded over two devices; the guards' runs,
+# whose device count is not what they test, train on one (several times faster than on
+# the suite's 8 fake devices).
+RESUME_DEVICES = 2
 
 
 MARK = 7.0  # the norm of every raw latent token of a marked clip (the others are unit norm)
@@ -107,17 +112,18 @@ def test_resume_after_sigkill_is_bit_identical(latent_dir, tmp_path):
   overrides = _overrides(latent_dir)
   straight = tmp_path / "straight"
   result = train_dit.train(config_lib.load_config("configs/synthetic.py:smoke", overrides),
-                           str(straight))
+                           str(straight), devices=jax.devices()[:RESUME_DEVICES])
   assert result.step == 6 and result.resumed_from is None
 
+  env = support.subprocess_env(RESUME_DEVICES)
   killed = tmp_path / "killed"
   run = subprocess.run([sys.executable, "-c", KILL_AFTER_STEP_3, str(killed), *overrides],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=env)
   assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
   assert sorted(_losses(killed)) == [1, 2, 3]
 
   resumed = _cli("train", "--config", "configs/synthetic.py:smoke", "--workdir", str(killed),
-                 *_set_args(overrides))
+                 *_set_args(overrides), env=env)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   # The killed run's lock is stale (its PID is gone): taken over, and said so.
   assert f"taking over the lock of {killed}: its process is no longer running" in resumed.stderr
@@ -131,7 +137,7 @@ def test_resume_after_sigkill_is_bit_identical(latent_dir, tmp_path):
   for array_file in (straight / "checkpoints" / "6" / "state").rglob("d/*"):
     array_file.write_bytes(array_file.read_bytes()[:5])
   again = _cli("train", "--config", "configs/synthetic.py:smoke", "--workdir", str(straight),
-               *_set_args(overrides))
+               *_set_args(overrides), env=env)
   assert again.returncode == 0, again.stderr[-2000:]
   skipped_lines = [line for line in again.stderr.splitlines() if "is unreadable, skipped" in line]
   assert len(skipped_lines) == 1 and "checkpoint step 6" in skipped_lines[0], again.stderr[-2000:]
@@ -162,14 +168,16 @@ def test_sigterm_saves_and_stops(latent_dir, tmp_path):
        "configs/synthetic.py:smoke", "--workdir", str(workdir),
        *_set_args(_overrides(latent_dir, **{"train.steps": 100_000,
                                             "train.checkpoint_every": 100_000}))],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=support.subprocess_env(RESUME_DEVICES))
   try:
     deadline = time.time() + 120
     while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
       time.sleep(0.2)
     # A second run into the same workdir fails at once, naming the holder.
     second = _cli("train", "--config", "configs/synthetic.py:smoke", "--workdir", str(workdir),
-                  *_set_args(_overrides(latent_dir, **{"train.lr": 1e-3})), timeout=120)
+                  *_set_args(_overrides(latent_dir, **{"train.lr": 1e-3})), timeout=120,
+                  env=support.subprocess_env(RESUME_DEVICES))
     records_so_far = len(read_metrics(workdir))
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
@@ -196,7 +204,7 @@ def test_nan_in_batch_stops_cleanly(tmp_path):
   config = config_lib.load_config("configs/synthetic.py:smoke", _overrides(
       directory, **{"train.steps": 16, "train.checkpoint_every": 1}))
   with pytest.raises(TrainingDiverged, match=r"NaN or inf in \['latents'\]") as error:
-    train_dit.train(config, str(workdir))
+    train_dit.train(config, str(workdir), devices=jax.devices()[:1])
   latest = ocp.CheckpointManager(workdir / "checkpoints").latest_step()
   assert error.value.last_good == latest and (latest or 0) < error.value.step
   assert f"last finite checkpoint, step {latest}, is on disk" in str(error.value) or latest is None
@@ -207,7 +215,7 @@ def test_diverging_loss_stops_with_the_step(latent_dir, tmp_path):
       latent_dir, **{"train.lr": 1e30, "train.lr_final": 1e30, "train.grad_clip": 1e30,
                      "train.steps": 50, "train.checkpoint_every": 1}))
   with pytest.raises(TrainingDiverged, match="the loss is") as error:
-    train_dit.train(config, str(tmp_path / "diverged"))
+    train_dit.train(config, str(tmp_path / "diverged"), devices=jax.devices()[:1])
   assert error.value.last_good == error.value.step - 1
 
 
@@ -249,7 +257,7 @@ def test_a_nonfinite_gradient_is_never_saved(tmp_path, monkeypatch):
   with pytest.raises(TrainingDiverged, match="the gradient norm is nan") as error:
     train_dit.train(config_lib.load_config("configs/synthetic.py:smoke",
                                            _overrides(directory, **changes)),
-                    str(tmp_path / "stopped"))
+                    str(tmp_path / "stopped"), devices=jax.devices()[:1])
   bad_step = error.value.step
   steps = _assert_every_checkpoint_finite(tmp_path / "stopped")
   # The step with NaN gradients is not on disk; the one named is, and it restores.
@@ -260,7 +268,7 @@ def test_a_nonfinite_gradient_is_never_saved(tmp_path, monkeypatch):
   result = train_dit.train(config_lib.load_config(
       "configs/synthetic.py:smoke",
       _overrides(directory, **changes, **{"train.max_nonfinite_steps": 2})),
-      str(tmp_path / "skipped"))
+      str(tmp_path / "skipped"), devices=jax.devices()[:1])
   assert result.step == 8 and result.nonfinite_steps == 1
   records = read_metrics(tmp_path / "skipped")
   assert [r["step"] for r in records if not r["update_finite"]] == [bad_step]
@@ -289,7 +297,7 @@ def test_a_nonfinite_update_stops_before_it_is_saved(latent_dir, tmp_path, monke
                      "train.max_nonfinite_steps": 5}))
   # Finite loss and gradients, NaN parameters: cannot be undone, so it stops at once.
   with pytest.raises(TrainingDiverged, match="updated parameters hold NaN or inf") as error:
-    train_dit.train(config, str(tmp_path / "poisoned"))
+    train_dit.train(config, str(tmp_path / "poisoned"), devices=jax.devices()[:1])
   assert error.value.step == 3 and error.value.last_good == 2
   assert _assert_every_checkpoint_finite(tmp_path / "poisoned") == [1, 2]
 
@@ -317,7 +325,7 @@ def test_two_processes_agree_with_one(latent_dir, tmp_path):
   single = tmp_path / "single"
   train_dit.train(config_lib.load_config("configs/synthetic.py:smoke", overrides), str(single))
 
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = support.subprocess_env()  # each process takes its 4 from --local-devices
   port = _free_port()
   workdir = tmp_path / "multi"
   processes = [subprocess.Popen(

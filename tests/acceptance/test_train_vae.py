@@ -56,7 +56,8 @@ def test_adversarial_stage_alternates_on_8_devices(tmp_path):
 
 def test_causal_stage_trains_only_the_temporal_blocks(tmp_path):
   stage2 = tmp_path / "stage2"
-  train_vae.train(_config(**{"vae_train.steps": 2, "vae_train.disc_start": -1}), str(stage2))
+  train_vae.train(_config(**{"vae_train.steps": 2, "vae_train.disc_start": -1}), str(stage2),
+                  devices=jax.devices()[:1])  # stage 2 is only where stage 3 starts
   before = runs.load_run(stage2, "vae").variables["params"]
   config = _config("vae_causal", **{
       "data.num_frames": 4, "data.resolution": 32, "vae.image_size": 32,
