@@ -28,10 +28,10 @@ from ardiffusion_jax.train.logging import read_metrics
 from tests import support
 
 FRAMES = 8  # the smoke config
-# The kill and SIGTERM runs resume a state sharded over two devices; the guards' runs,
-# whose device count is not what they test, train on one (several times faster than on
-# the suite's 8 fake devices).
-RESUME_DEVICES = 2
+# The runs here train on two devices: the state and the batch sharded as on a real mesh
+# (the guards and the resumes must hold there), at a fraction of the cost of the suite's
+# 8 fake devices.
+DEVICES = 2
 
 
 MARK = 7.0  # the norm of every raw latent token of a marked clip (the others are unit norm)
@@ -112,10 +112,10 @@ def test_resume_after_sigkill_is_bit_identical(latent_dir, tmp_path):
   overrides = _overrides(latent_dir)
   straight = tmp_path / "straight"
   result = train_dit.train(config_lib.load_config("configs/synthetic.py:smoke", overrides),
-                           str(straight), devices=jax.devices()[:RESUME_DEVICES])
+                           str(straight), devices=jax.devices()[:DEVICES])
   assert result.step == 6 and result.resumed_from is None
 
-  env = support.subprocess_env(RESUME_DEVICES)
+  env = support.subprocess_env(DEVICES)
   killed = tmp_path / "killed"
   run = subprocess.run([sys.executable, "-c", KILL_AFTER_STEP_3, str(killed), *overrides],
                        capture_output=True, text=True, timeout=300, env=env)
@@ -169,7 +169,7 @@ def test_sigterm_saves_and_stops(latent_dir, tmp_path):
        *_set_args(_overrides(latent_dir, **{"train.steps": 100_000,
                                             "train.checkpoint_every": 100_000}))],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=support.subprocess_env(RESUME_DEVICES))
+      env=support.subprocess_env(DEVICES))
   try:
     deadline = time.time() + 120
     while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
@@ -177,7 +177,7 @@ def test_sigterm_saves_and_stops(latent_dir, tmp_path):
     # A second run into the same workdir fails at once, naming the holder.
     second = _cli("train", "--config", "configs/synthetic.py:smoke", "--workdir", str(workdir),
                   *_set_args(_overrides(latent_dir, **{"train.lr": 1e-3})), timeout=120,
-                  env=support.subprocess_env(RESUME_DEVICES))
+                  env=support.subprocess_env(DEVICES))
     records_so_far = len(read_metrics(workdir))
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
@@ -204,7 +204,7 @@ def test_nan_in_batch_stops_cleanly(tmp_path):
   config = config_lib.load_config("configs/synthetic.py:smoke", _overrides(
       directory, **{"train.steps": 16, "train.checkpoint_every": 1}))
   with pytest.raises(TrainingDiverged, match=r"NaN or inf in \['latents'\]") as error:
-    train_dit.train(config, str(workdir), devices=jax.devices()[:1])
+    train_dit.train(config, str(workdir), devices=jax.devices()[:DEVICES])
   latest = ocp.CheckpointManager(workdir / "checkpoints").latest_step()
   assert error.value.last_good == latest and (latest or 0) < error.value.step
   assert f"last finite checkpoint, step {latest}, is on disk" in str(error.value) or latest is None
@@ -215,7 +215,7 @@ def test_diverging_loss_stops_with_the_step(latent_dir, tmp_path):
       latent_dir, **{"train.lr": 1e30, "train.lr_final": 1e30, "train.grad_clip": 1e30,
                      "train.steps": 50, "train.checkpoint_every": 1}))
   with pytest.raises(TrainingDiverged, match="the loss is") as error:
-    train_dit.train(config, str(tmp_path / "diverged"), devices=jax.devices()[:1])
+    train_dit.train(config, str(tmp_path / "diverged"), devices=jax.devices()[:DEVICES])
   assert error.value.last_good == error.value.step - 1
 
 
@@ -257,7 +257,7 @@ def test_a_nonfinite_gradient_is_never_saved(tmp_path, monkeypatch):
   with pytest.raises(TrainingDiverged, match="the gradient norm is nan") as error:
     train_dit.train(config_lib.load_config("configs/synthetic.py:smoke",
                                            _overrides(directory, **changes)),
-                    str(tmp_path / "stopped"), devices=jax.devices()[:1])
+                    str(tmp_path / "stopped"), devices=jax.devices()[:DEVICES])
   bad_step = error.value.step
   steps = _assert_every_checkpoint_finite(tmp_path / "stopped")
   # The step with NaN gradients is not on disk; the one named is, and it restores.
@@ -268,7 +268,7 @@ def test_a_nonfinite_gradient_is_never_saved(tmp_path, monkeypatch):
   result = train_dit.train(config_lib.load_config(
       "configs/synthetic.py:smoke",
       _overrides(directory, **changes, **{"train.max_nonfinite_steps": 2})),
-      str(tmp_path / "skipped"), devices=jax.devices()[:1])
+      str(tmp_path / "skipped"), devices=jax.devices()[:DEVICES])
   assert result.step == 8 and result.nonfinite_steps == 1
   records = read_metrics(tmp_path / "skipped")
   assert [r["step"] for r in records if not r["update_finite"]] == [bad_step]
@@ -297,7 +297,7 @@ def test_a_nonfinite_update_stops_before_it_is_saved(latent_dir, tmp_path, monke
                      "train.max_nonfinite_steps": 5}))
   # Finite loss and gradients, NaN parameters: cannot be undone, so it stops at once.
   with pytest.raises(TrainingDiverged, match="updated parameters hold NaN or inf") as error:
-    train_dit.train(config, str(tmp_path / "poisoned"), devices=jax.devices()[:1])
+    train_dit.train(config, str(tmp_path / "poisoned"), devices=jax.devices()[:DEVICES])
   assert error.value.step == 3 and error.value.last_good == 2
   assert _assert_every_checkpoint_finite(tmp_path / "poisoned") == [1, 2]
 
