@@ -1,6 +1,8 @@
 """Helpers that several test files share (fixtures built on them live in conftest.py)."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,13 @@ def subprocess_env(devices: int = 1) -> dict:
   if devices > 1:
     flags.append(f"{flag}={devices}")
   return {**os.environ, "XLA_FLAGS": " ".join(flags)}
+
+
+def run_cli(*args, env=None, timeout=300):
+  """`python -m ardiffusion_jax.cli ARGS` in its own process (`env`: e.g. `subprocess_env()`),
+  its output captured as text."""
+  return subprocess.run([sys.executable, "-m", "ardiffusion_jax.cli", *args], env=env,
+                        timeout=timeout, capture_output=True, text=True)
 
 
 def unbox(variables):

@@ -1,8 +1,6 @@
 """The demo main job end to end (smoke size) and `ardiff sample` on what it trained."""
 
 import json
-import subprocess
-import sys
 
 import av
 import numpy as np
@@ -21,9 +19,8 @@ def demo_dir(tmp_path_factory):
   """The README's demo command at smoke size, as a user runs it: its own process, one CPU
   device. (The tests below load its runs on the suite's 8 fake devices.)"""
   workdir = tmp_path_factory.mktemp("demo")
-  run = subprocess.run([sys.executable, "-m", "ardiffusion_jax.cli", "demo", "--config",
-                        "configs/synthetic.py:smoke", "--workdir", str(workdir)],
-                       env=support.subprocess_env(), capture_output=True, text=True, timeout=900)
+  run = support.run_cli("demo", "--config", "configs/synthetic.py:smoke", "--workdir", str(workdir),
+                        env=support.subprocess_env(), timeout=900)
   assert run.returncode == 0, run.stderr[-3000:]
   return workdir
 

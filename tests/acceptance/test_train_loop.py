@@ -64,11 +64,6 @@ def _overrides(latent_dir, **changes):
   return [f"{key}={value!r}" for key, value in settings.items()]
 
 
-def _cli(*args, env=None, timeout=300, **kwargs):
-  return subprocess.run([sys.executable, "-m", "ardiffusion_jax.cli", *args], env=env,
-                        timeout=timeout, capture_output=True, text=True, **kwargs)
-
-
 def _set_args(overrides):
   return [arg for item in overrides for arg in ("--set", item)]
 
@@ -122,8 +117,8 @@ def test_resume_after_sigkill_is_bit_identical(latent_dir, tmp_path):
   assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
   assert sorted(_losses(killed)) == [1, 2, 3]
 
-  resumed = _cli("train", "--config", "configs/synthetic.py:smoke", "--workdir", str(killed),
-                 *_set_args(overrides), env=env)
+  resumed = support.run_cli("train", "--config", "configs/synthetic.py:smoke",
+                            "--workdir", str(killed), *_set_args(overrides), env=env)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   # The killed run's lock is stale (its PID is gone): taken over, and said so.
   assert f"taking over the lock of {killed}: its process is no longer running" in resumed.stderr
@@ -136,8 +131,8 @@ def test_resume_after_sigkill_is_bit_identical(latent_dir, tmp_path):
   # deleted) and redoes steps 4-6 bit-identically.
   for array_file in (straight / "checkpoints" / "6" / "state").rglob("d/*"):
     array_file.write_bytes(array_file.read_bytes()[:5])
-  again = _cli("train", "--config", "configs/synthetic.py:smoke", "--workdir", str(straight),
-               *_set_args(overrides), env=env)
+  again = support.run_cli("train", "--config", "configs/synthetic.py:smoke",
+                          "--workdir", str(straight), *_set_args(overrides), env=env)
   assert again.returncode == 0, again.stderr[-2000:]
   skipped_lines = [line for line in again.stderr.splitlines() if "is unreadable, skipped" in line]
   assert len(skipped_lines) == 1 and "checkpoint step 6" in skipped_lines[0], again.stderr[-2000:]
@@ -175,9 +170,10 @@ def test_sigterm_saves_and_stops(latent_dir, tmp_path):
     while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
       time.sleep(0.2)
     # A second run into the same workdir fails at once, naming the holder.
-    second = _cli("train", "--config", "configs/synthetic.py:smoke", "--workdir", str(workdir),
-                  *_set_args(_overrides(latent_dir, **{"train.lr": 1e-3})), timeout=120,
-                  env=support.subprocess_env(DEVICES))
+    second = support.run_cli("train", "--config", "configs/synthetic.py:smoke",
+                             "--workdir", str(workdir),
+                             *_set_args(_overrides(latent_dir, **{"train.lr": 1e-3})),
+                             timeout=120, env=support.subprocess_env(DEVICES))
     records_so_far = len(read_metrics(workdir))
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)

@@ -15,8 +15,8 @@ SUBCOMMANDS = ["demo", "ablate", "train-vae", "extract", "train", "sample", "str
 
 
 def test_help_lists_every_planned_subcommand():
-  result = subprocess.run([sys.executable, "-m", "ardiffusion_jax.cli", "--help"],
-                          capture_output=True, text=True, check=True)
+  result = support.run_cli("--help")
+  assert result.returncode == 0, result.stderr
   for name in SUBCOMMANDS:
     assert name in result.stdout
 
