@@ -132,10 +132,10 @@ def get_config(arg=None):
       ema_decay=0.99,
       weight_decay=1e-4,
       grad_clip=1.0,
-      # -1: no discriminator. The demo (default, and smoke at CI's size) stops where its
-      # adversarial stage would start; vae_smoke runs the alternation.
-      disc_start=-1 if causal or motion else (
-          vae_steps if variant in ("default", "smoke") else 10 if smoke else 2000),
+      # -1: no discriminator. The demo (default, and smoke at CI's size) has no adversarial
+      # stage, whatever vae_train.steps is set to; vae_smoke runs the alternation.
+      disc_start=-1 if causal or motion or variant in ("default", "smoke") else (
+          10 if smoke else 2000),
       disc_weight=0.1,
       perceptual_weight=1.0,
       lpips_weights="",  # LPIPS + VGG-16 .npz (ardiff convert lpips); empty: no perceptual loss

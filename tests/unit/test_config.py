@@ -34,11 +34,15 @@ def test_dataset_vae_configs_keep_the_authors_optimizer(dataset):
   assert config_lib.config_from_file("configs/synthetic.py", "vae").vae_train.ema_decay > 0
 
 
-def test_the_demos_tokenizer_stops_before_its_adversarial_stage():
+def test_the_demos_tokenizer_has_no_adversarial_stage():
   from ardiffusion_jax.train import vae as train_vae
   for variant in ("default", "smoke"):  # the demo, and the demo at CI's size
     train = config_lib.config_from_file("configs/synthetic.py", variant).vae_train
     assert {train_vae.phase_of(step, train.disc_start) for step in range(train.steps)} == {"generator"}
+    # A longer run stays in stage 1: a disc_start pinned to the default step count once
+    # turned --set vae_train.steps=5000 into 1,000 silent adversarial steps.
+    longer = config_lib.load_config(f"configs/synthetic.py:{variant}", ["vae_train.steps=100000"])
+    assert train_vae.phase_of(longer.vae_train.steps - 1, longer.vae_train.disc_start) == "generator"
   staged = config_lib.config_from_file("configs/synthetic.py", "vae").vae_train
   assert train_vae.phase_of(staged.steps - 1, staged.disc_start) != "generator"  # stage 2 runs
 
