@@ -54,11 +54,16 @@ def subprocess_env(devices: int = 1) -> dict:
   return {**os.environ, "XLA_FLAGS": " ".join(flags)}
 
 
+def cli_command(*args) -> list:
+  """The argv of `ardiff ARGS` run with this interpreter, for subprocess.run or Popen."""
+  return [sys.executable, "-m", "ardiffusion_jax.cli", *args]
+
+
 def run_cli(*args, env=None, timeout=300):
-  """`python -m ardiffusion_jax.cli ARGS` in its own process (`env`: e.g. `subprocess_env()`),
-  its output captured as text."""
-  return subprocess.run([sys.executable, "-m", "ardiffusion_jax.cli", *args], env=env,
-                        timeout=timeout, capture_output=True, text=True)
+  """`ardiff ARGS` in its own process (`env`: e.g. `subprocess_env()`), its output
+  captured as text."""
+  return subprocess.run(cli_command(*args), env=env, timeout=timeout, capture_output=True,
+                        text=True)
 
 
 def unbox(variables):

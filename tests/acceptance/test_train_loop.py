@@ -159,10 +159,10 @@ def test_resume_after_sigkill_is_bit_identical(latent_dir, tmp_path):
 def test_sigterm_saves_and_stops(latent_dir, tmp_path):
   workdir = tmp_path / "preempted"
   process = subprocess.Popen(
-      [sys.executable, "-m", "ardiffusion_jax.cli", "train", "--config",
-       "configs/synthetic.py:smoke", "--workdir", str(workdir),
-       *_set_args(_overrides(latent_dir, **{"train.steps": 100_000,
-                                            "train.checkpoint_every": 100_000}))],
+      support.cli_command("train", "--config", "configs/synthetic.py:smoke",
+                          "--workdir", str(workdir),
+                          *_set_args(_overrides(latent_dir, **{"train.steps": 100_000,
+                                                               "train.checkpoint_every": 100_000}))),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       env=support.subprocess_env(DEVICES))
   try:
@@ -325,10 +325,10 @@ def test_two_processes_agree_with_one(latent_dir, tmp_path):
   port = _free_port()
   workdir = tmp_path / "multi"
   processes = [subprocess.Popen(
-      [sys.executable, "-m", "ardiffusion_jax.cli", "train", "--config",
-       "configs/synthetic.py:smoke", "--workdir", str(workdir), *_set_args(overrides),
-       "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-       "--local-devices", "4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      support.cli_command(
+          "train", "--config", "configs/synthetic.py:smoke", "--workdir", str(workdir),
+          *_set_args(overrides), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+          "--process-id", str(i), "--local-devices", "4"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
   try:
     outputs = [p.communicate(timeout=300) for p in processes]
